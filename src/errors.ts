@@ -1,0 +1,101 @@
+/**
+ * One error type for everything sealwire refuses: {@link SealwireError}, with a stable `code`.
+ *
+ * Codes are part of the public API (README lists them all). Messages say what the caller should do; they never
+ * carry key bytes, payloads or other secrets. Failures caused by attacker-controlled input use one code per
+ * check and a deliberately vague message, so an attacker learns nothing about which byte was wrong beyond the
+ * check that failed (which `open` documents anyway).
+ *
+ * @module
+ * @example
+ * ```ts
+ * try { await agent.send("bob", data); }
+ * catch (err) { if (SealwireError.is(err, "ERR_UNKNOWN_PEER")) console.error(err.message); }
+ * ```
+ */
+
+/** Every code sealwire can raise. Stable: new codes may be added, existing ones keep their meaning. */
+export const ERROR_CODES = {
+  // caller / configuration mistakes
+  ERR_INVALID_ARGUMENT: "An argument has the wrong type, size or value.",
+  ERR_CLOSED: "The object (identity, agent, connection, transport) was closed and cannot be used.",
+  ERR_ABORTED: "The operation was aborted through its AbortSignal.",
+  ERR_TIMEOUT: "The operation did not finish within its time limit.",
+  ERR_CRYPTO_PROVIDER: "The crypto provider is unavailable or misbehaves.",
+  // trust
+  ERR_UNKNOWN_PEER: "The peer is not in the trust store.",
+  ERR_REVOKED_PEER: "The peer was revoked in the trust store.",
+  ERR_DUPLICATE_PEER: "A different identity is already registered under this peer id.",
+  // envelope open pipeline, in the order `open` checks
+  ERR_ENVELOPE_TOO_LARGE: "The envelope exceeds the size limit.",
+  ERR_DECODE: "The envelope is not well-formed MessagePack of the expected shape.",
+  ERR_SCHEMA: "The envelope header does not match the schema.",
+  ERR_BAD_SIGNATURE: "The envelope signature does not verify under the sender's key.",
+  ERR_WRONG_RECIPIENT: "The envelope is addressed to another agent or key.",
+  ERR_EXPIRED: "The envelope's time to live has passed.",
+  ERR_FROM_FUTURE: "The envelope's creation time is ahead of the local clock beyond the allowed skew.",
+  ERR_REPLAY: "The envelope id was already accepted.",
+  ERR_DECRYPT: "The envelope body could not be decrypted.",
+  ERR_PAYLOAD: "The decrypted payload is not a valid sealwire payload.",
+  // transport
+  ERR_FRAME_TOO_LARGE: "A frame exceeds the transport's size limit.",
+  ERR_CONNECTION_REFUSED: "Nothing listens at the dialled address.",
+  ERR_ADDRESS_IN_USE: "Something already listens at that address.",
+  ERR_CONNECTION_CLOSED: "The connection was closed.",
+  ERR_CONNECTION_ABORTED: "The connection was aborted by either side.",
+  // agent
+  ERR_NO_ROUTE: "No connection to the recipient could be made.",
+  ERR_QUEUE_FULL: "A bounded queue is full; the message was refused, not dropped silently.",
+  ERR_REQUEST_TIMEOUT: "No reply arrived before the request timed out.",
+} as const;
+
+/** A stable error code. */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Options for {@link SealwireError}. */
+export interface SealwireErrorOptions {
+  /** The underlying error, if any. Never an error whose message could contain secrets. */
+  cause?: unknown;
+  /** Envelope id (hex) the error concerns, for correlation in logs. */
+  envelopeId?: string;
+}
+
+/**
+ * The only error class sealwire throws for refusals. `code` is stable; `message` is for humans.
+ */
+export class SealwireError<C extends ErrorCode = ErrorCode> extends Error {
+  override readonly name = "SealwireError" as const;
+  /** Stable machine-readable code. */
+  readonly code: C;
+  /** Envelope id (hex) the error concerns, when there is one. */
+  readonly envelopeId: string | undefined;
+
+  constructor(code: C, message: string, options: SealwireErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.envelopeId = options.envelopeId;
+    Error.captureStackTrace?.(this, SealwireError);
+  }
+
+  /** Narrows this error to one code. */
+  is<K extends ErrorCode>(code: K): this is SealwireError<K> {
+    return (this.code as ErrorCode) === code;
+  }
+
+  /** True if `err` is a SealwireError (also across realms, by name), optionally with the given code. */
+  static is<K extends ErrorCode = ErrorCode>(err: unknown, code?: K): err is SealwireError<K> {
+    if (err === null || typeof err !== "object") return false;
+    const e = err as { name?: unknown; code?: unknown };
+    if (!(err instanceof SealwireError) && e.name !== "SealwireError") return false;
+    return code === undefined || e.code === code;
+  }
+}
+
+/** Builds a {@link SealwireError}; `fn` trims the stack to the caller's frame. */
+export function sealwireError<C extends ErrorCode>(
+  code: C,
+  message: string,
+  options?: SealwireErrorOptions,
+): SealwireError<C> {
+  return new SealwireError(code, message, options);
+}
