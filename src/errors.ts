@@ -47,6 +47,9 @@ export const ERROR_CODES = {
   ERR_NO_ROUTE: "No connection to the recipient could be made.",
   ERR_QUEUE_FULL: "A bounded queue is full; the message was refused, not dropped silently.",
   ERR_REQUEST_TIMEOUT: "No reply arrived before the request timed out.",
+  ERR_NOISE_HANDSHAKE: "A Noise handshake message was malformed, unauthentic or out of turn; the handshake is dead, start a new one.",
+  ERR_NOISE_DECRYPT: "A Noise transport message failed authentication (tampered, reordered or wrong key).",
+  ERR_NONCE_EXHAUSTED: "A Noise cipher state used its last 64-bit nonce; rekey is not enough, start a new session.",
 } as const;
 
 /** A stable error code. */
