@@ -1,0 +1,450 @@
+/**
+ * Envelope v1: signed (Ed25519) and sealed (HPKE auth mode) to one recipient, with a policy-tagged header that
+ * relays can read and route on but cannot change.
+ *
+ * Wire format (MessagePack): `[1, header: bin, ciphertext: bin, signature: bin]`.
+ * - `header` is the MessagePack encoding of {@link EnvelopeHeader}. The exact bytes are the AEAD associated data
+ *   and are covered by the signature, so a relay that strips or edits a tag breaks both.
+ * - `ciphertext` is HPKE `Seal(aad = header, pt = payload)` with `info = "sealwire/v1/envelope"`, auth mode, to the
+ *   recipient's X25519 key, from the sender's X25519 key; the encapsulated key is `header.enc`.
+ * - `signature` is Ed25519 over `"sealwire/v1/envelope:" || u32be(len(header)) || header || ciphertext`, by the
+ *   sender's signing key: the bytes that travel, never a re-encoding.
+ *
+ * `open` checks, in this order, each failing closed with its own code: size (ERR_ENVELOPE_TOO_LARGE) → decode
+ * (ERR_DECODE) → schema (ERR_SCHEMA) → known, unrevoked sender (ERR_UNKNOWN_PEER / ERR_REVOKED_PEER) → signature
+ * (ERR_BAD_SIGNATURE) → addressed to me, id and kid (ERR_WRONG_RECIPIENT) → not expired / not from the future
+ * (ERR_EXPIRED / ERR_FROM_FUTURE) → not replayed (ERR_REPLAY) → [policy, header stage] → decrypt (ERR_DECRYPT) →
+ * payload (ERR_PAYLOAD). Plaintext is released only after every check passed.
+ *
+ * @module
+ * @example
+ * ```ts
+ * const { bytes } = sealEnvelope(alice, trust.require("bob"), encodePayload({ hi: 1 }), { tags: { pii: [] } });
+ * const opener = new EnvelopeOpener({ identity: bob, trust });
+ * const { header, plaintext } = opener.open(bytes);
+ * ```
+ */
+import { z } from "zod";
+import { concatBytes, fromUtf8, toHex, utf8 } from "./_bytes.js";
+import { decodeStrict, encode } from "./codec.js";
+import { sealwireError } from "./errors.js";
+import { setupAuthR, setupAuthS } from "./hpke.js";
+import { AGENT_ID_RE, type Identity } from "./identity.js";
+import { PII_TAG_RE, safeId, type TrustEntry, type TrustStore } from "./trust.js";
+
+/** Envelope format version. */
+export const ENVELOPE_VERSION = 1;
+/** Default largest envelope accepted, in bytes (checked before decoding). */
+export const MAX_ENVELOPE_BYTES = 1024 * 1024;
+/** Default time to live. */
+export const DEFAULT_TTL_MS = 5 * 60_000;
+/** Largest time to live an envelope may carry (bounds the replay cache). */
+export const MAX_TTL_MS = 24 * 60 * 60_000;
+/** Default tolerated clock difference between sender and recipient. */
+export const DEFAULT_CLOCK_SKEW_MS = 30_000;
+
+const SIG_DOMAIN = utf8("sealwire/v1/envelope:");
+/** HPKE `info`: binds the key schedule to this protocol and version. */
+export const HPKE_INFO = utf8("sealwire/v1/envelope");
+
+/** Policy tags, carried in the signed header. */
+export interface Tags {
+  /** PII classes present in the payload, e.g. `["pii:email"]`. */
+  pii: string[];
+  /** Free-form data classification label (e.g. `internal`, `confidential`). */
+  classification?: string;
+  /** The payload was anonymized (requires an attestation under the policy rules). */
+  anonymized: boolean;
+}
+
+const bytesOf = (n: number) =>
+  z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length === n, { message: `expected ${n} bytes` });
+
+/** Strict schema for the decoded header (zod `strictObject`: unknown fields are refused). */
+export const headerSchema = z.strictObject({
+  v: z.literal(ENVELOPE_VERSION),
+  id: bytesOf(16),
+  from: z.string().regex(AGENT_ID_RE),
+  to: z.string().regex(AGENT_ID_RE),
+  skid: z.string().regex(/^[0-9a-f]{16}$/),
+  rkid: z.string().regex(/^[0-9a-f]{16}$/),
+  ts: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  ttl: z.number().int().min(1).max(MAX_TTL_MS),
+  type: z.string().regex(/^[a-z][a-z0-9._-]{0,31}$/),
+  tags: z.strictObject({
+    pii: z.array(z.string().regex(PII_TAG_RE)).max(32),
+    cls: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,31}$/).optional(),
+    anon: z.boolean(),
+  }),
+  enc: bytesOf(32),
+  re: bytesOf(16).optional(),
+});
+
+/** The wire header as decoded. */
+export type WireHeader = z.infer<typeof headerSchema>;
+
+/** The authenticated header, in API form (ids as hex). */
+export interface EnvelopeHeader {
+  /** Envelope id, 32 hex characters. */
+  readonly id: string;
+  readonly from: string;
+  readonly to: string;
+  /** Sender and recipient key ids. */
+  readonly senderKid: string;
+  readonly recipientKid: string;
+  /** Creation time, ms since the epoch (sender's clock). */
+  readonly createdAt: number;
+  readonly ttlMs: number;
+  /** Message type (`msg`, `req`, `rep`, or an application type). */
+  readonly type: string;
+  readonly tags: Readonly<Tags>;
+  /** The id this envelope replies to, if any. */
+  readonly replyTo: string | undefined;
+}
+
+function toApiHeader(h: WireHeader): EnvelopeHeader {
+  const tags: Tags = { pii: [...h.tags.pii], anonymized: h.tags.anon };
+  if (h.tags.cls !== undefined) tags.classification = h.tags.cls;
+  return Object.freeze({
+    id: toHex(h.id),
+    from: h.from,
+    to: h.to,
+    senderKid: h.skid,
+    recipientKid: h.rkid,
+    createdAt: h.ts,
+    ttlMs: h.ttl,
+    type: h.type,
+    tags: Object.freeze(tags),
+    replyTo: h.re ? toHex(h.re) : undefined,
+  });
+}
+
+/** Tags as callers may give them. */
+export interface TagsInit {
+  pii?: string[];
+  classification?: string;
+  anonymized?: boolean;
+}
+
+/** Options for {@link sealEnvelope}. */
+export interface SealOptions {
+  tags?: TagsInit;
+  /** @default "msg" */
+  type?: string;
+  /** @default DEFAULT_TTL_MS */
+  ttlMs?: number;
+  /** Envelope id (hex) this replies to. */
+  replyTo?: string;
+  /** Clock, for tests. @default Date.now */
+  now?: number;
+}
+
+function normalizeTags(t: TagsInit | undefined): WireHeader["tags"] {
+  if (t !== undefined && (typeof t !== "object" || t === null)) throw sealwireError("ERR_INVALID_ARGUMENT", "tags must be an object");
+  const pii = t?.pii ?? [];
+  if (!Array.isArray(pii) || pii.length > 32 || !pii.every((x) => typeof x === "string" && PII_TAG_RE.test(x))) {
+    throw sealwireError("ERR_INVALID_ARGUMENT", 'tags.pii must be at most 32 names like "pii:email"');
+  }
+  const out: WireHeader["tags"] = { pii: [...new Set(pii)].sort(), anon: t?.anonymized ?? false };
+  if (typeof out.anon !== "boolean") throw sealwireError("ERR_INVALID_ARGUMENT", "tags.anonymized must be a boolean");
+  if (t?.classification !== undefined) {
+    if (typeof t.classification !== "string" || !/^[a-z0-9][a-z0-9_-]{0,31}$/.test(t.classification)) {
+      throw sealwireError("ERR_INVALID_ARGUMENT", "tags.classification must be 1-32 lower-case letters, digits, _ or -");
+    }
+    out.cls = t.classification;
+  }
+  return out;
+}
+
+function signedBytes(header: Uint8Array, ct: Uint8Array): Uint8Array {
+  const len = new Uint8Array(4);
+  new DataView(len.buffer).setUint32(0, header.length);
+  return concatBytes(SIG_DOMAIN, len, header, ct);
+}
+
+/** A sealed envelope ready for the wire. */
+export interface SealedEnvelope {
+  readonly bytes: Uint8Array;
+  readonly header: EnvelopeHeader;
+}
+
+/**
+ * Seals `payload` from `sender` to `recipient`. Throws ERR_REVOKED_PEER for a revoked recipient, ERR_CLOSED for a
+ * closed identity, ERR_INVALID_ARGUMENT for bad options.
+ */
+export function sealEnvelope(sender: Identity, recipient: TrustEntry, payload: Uint8Array, options: SealOptions = {}): SealedEnvelope {
+  if (recipient.revoked) throw sealwireError("ERR_REVOKED_PEER", `peer "${recipient.id}" was revoked`);
+  const p = sender.provider;
+  const ttl = options.ttlMs ?? DEFAULT_TTL_MS;
+  if (!Number.isInteger(ttl) || ttl < 1 || ttl > MAX_TTL_MS) {
+    throw sealwireError("ERR_INVALID_ARGUMENT", `ttlMs must be an integer from 1 to ${MAX_TTL_MS}`);
+  }
+  const type = options.type ?? "msg";
+  if (typeof type !== "string" || !/^[a-z][a-z0-9._-]{0,31}$/.test(type)) {
+    throw sealwireError("ERR_INVALID_ARGUMENT", "type must be 1-32 characters: a lower-case letter, then a-z 0-9 . _ -");
+  }
+  const wire: WireHeader = {
+    v: ENVELOPE_VERSION,
+    id: p.randomBytes(16),
+    from: sender.id,
+    to: recipient.id,
+    skid: sender.kid,
+    rkid: recipient.identity.kid,
+    ts: options.now ?? Date.now(),
+    ttl,
+    type,
+    tags: normalizeTags(options.tags),
+    enc: new Uint8Array(0), // set below
+  };
+  if (options.replyTo !== undefined) {
+    if (typeof options.replyTo !== "string" || !/^[0-9a-f]{32}$/.test(options.replyTo)) {
+      throw sealwireError("ERR_INVALID_ARGUMENT", "replyTo must be an envelope id (32 hex characters)");
+    }
+    wire.re = new Uint8Array(Buffer.from(options.replyTo, "hex"));
+  }
+  const { enc, ctx } = setupAuthS(p, p.x25519Public(recipient.sealPublicKey), HPKE_INFO, sender.sealingKey());
+  try {
+    wire.enc = enc;
+    const header = encode(wire);
+    const ct = ctx.seal(header, payload);
+    const sig = sender.sign(signedBytes(header, ct));
+    return { bytes: encode([ENVELOPE_VERSION, header, ct, sig]), header: toApiHeader(wire) };
+  } finally {
+    ctx.destroy();
+  }
+}
+
+/** An envelope whose size, encoding, schema and signature were checked (no recipient checks yet). */
+export interface DecodedEnvelope {
+  readonly header: EnvelopeHeader;
+  readonly wire: WireHeader;
+  readonly headerBytes: Uint8Array;
+  readonly ciphertext: Uint8Array;
+  readonly signature: Uint8Array;
+  /** Total size on the wire. */
+  readonly size: number;
+}
+
+/**
+ * size → decode → schema. Safe on any bytes. Does NOT verify the signature: see {@link verifyEnvelopeSignature}.
+ */
+export function decodeEnvelope(bytes: Uint8Array, maxBytes = MAX_ENVELOPE_BYTES): DecodedEnvelope {
+  const outer = decodeStrict(bytes, { maxBytes, maxDepth: 1, maxItems: 5 });
+  if (
+    !Array.isArray(outer) ||
+    outer.length !== 4 ||
+    outer[0] !== ENVELOPE_VERSION ||
+    !(outer[1] instanceof Uint8Array) ||
+    !(outer[2] instanceof Uint8Array) ||
+    !(outer[3] instanceof Uint8Array)
+  ) {
+    throw sealwireError("ERR_DECODE", "malformed envelope encoding");
+  }
+  const [, headerBytes, ciphertext, signature] = outer as [number, Uint8Array, Uint8Array, Uint8Array];
+  if (headerBytes.length > 4096) throw sealwireError("ERR_DECODE", "malformed envelope encoding");
+  const raw = decodeStrict(headerBytes, { maxBytes: 4096, maxDepth: 3, maxItems: 128 });
+  const parsed = headerSchema.safeParse(raw, { reportInput: false });
+  if (!parsed.success) throw sealwireError("ERR_SCHEMA", "envelope header does not match the v1 schema");
+  const wire = parsed.data;
+  return { header: toApiHeader(wire), wire, headerBytes, ciphertext, signature, size: bytes.length };
+}
+
+/**
+ * known, unrevoked sender → signature. Returns the sender's trust entry. For relays (the hub) and recipients.
+ */
+export function verifyEnvelopeSignature(env: DecodedEnvelope, trust: TrustStore): TrustEntry {
+  const h = env.header;
+  const sender = trust.require(h.from);
+  if (sender.identity.kid !== h.senderKid) {
+    // A kid we do not know for this sender: treat as a bad signature (we cannot verify it), not a crash.
+    throw sealwireError("ERR_BAD_SIGNATURE", `envelope ${h.id} is signed with an unknown key of "${safeId(h.from)}"`, { envelopeId: h.id });
+  }
+  const p = trust.provider;
+  const ok = p.ed25519Verify(p.ed25519Public(sender.signPublicKey), signedBytes(env.headerBytes, env.ciphertext), env.signature);
+  if (!ok) throw sealwireError("ERR_BAD_SIGNATURE", `envelope ${h.id} has an invalid signature`, { envelopeId: h.id });
+  return sender;
+}
+
+/** Bounded set of accepted envelope ids, each kept until its ttl window (plus skew) has passed. */
+export class ReplayCache {
+  readonly #seen = new Map<string, number>();
+  readonly maxEntries: number;
+  constructor(maxEntries = 100_000) {
+    if (!Number.isInteger(maxEntries) || maxEntries < 1) throw sealwireError("ERR_INVALID_ARGUMENT", "maxEntries must be a positive integer");
+    this.maxEntries = maxEntries;
+  }
+  /** Records `id` until `expiresAt`. Returns false if it was already seen. Throws ERR_QUEUE_FULL if full. */
+  checkAndAdd(id: string, expiresAt: number, now: number): boolean {
+    const prev = this.#seen.get(id);
+    if (prev !== undefined && prev >= now) return false;
+    if (this.#seen.size >= this.maxEntries) this.#evict(now);
+    if (this.#seen.size >= this.maxEntries) {
+      // Fail closed: if we cannot remember it, we cannot prove a later copy is a replay.
+      throw sealwireError("ERR_QUEUE_FULL", "replay cache is full; the envelope was refused (raise maxEntries or lower ttls)");
+    }
+    this.#seen.set(id, expiresAt);
+    return true;
+  }
+  #evict(now: number): void {
+    for (const [k, exp] of this.#seen) if (exp < now) this.#seen.delete(k);
+  }
+  get size(): number {
+    return this.#seen.size;
+  }
+}
+
+/** Options for {@link EnvelopeOpener}. */
+export interface OpenerOptions {
+  identity: Identity;
+  trust: TrustStore;
+  /** @default MAX_ENVELOPE_BYTES */
+  maxEnvelopeBytes?: number;
+  /** @default DEFAULT_CLOCK_SKEW_MS */
+  clockSkewMs?: number;
+  /** @default a new ReplayCache() */
+  replay?: ReplayCache;
+  /** Clock, for tests. @default Date.now */
+  now?: () => number;
+}
+
+/** An envelope that passed every check before decryption. */
+export interface VerifiedEnvelope extends DecodedEnvelope {
+  readonly sender: TrustEntry;
+}
+
+/** The result of {@link EnvelopeOpener.open}. */
+export interface OpenedEnvelope {
+  readonly header: EnvelopeHeader;
+  readonly sender: TrustEntry;
+  readonly plaintext: Uint8Array;
+}
+
+/** Opens envelopes addressed to one identity, in the documented order of checks. */
+export class EnvelopeOpener {
+  readonly #identity: Identity;
+  readonly #trust: TrustStore;
+  readonly #max: number;
+  readonly #skew: number;
+  readonly #replay: ReplayCache;
+  readonly #now: () => number;
+
+  constructor(options: OpenerOptions) {
+    this.#identity = options.identity;
+    this.#trust = options.trust;
+    this.#max = options.maxEnvelopeBytes ?? MAX_ENVELOPE_BYTES;
+    this.#skew = options.clockSkewMs ?? DEFAULT_CLOCK_SKEW_MS;
+    this.#replay = options.replay ?? new ReplayCache();
+    this.#now = options.now ?? Date.now;
+    if (!Number.isInteger(this.#max) || this.#max < 64) throw sealwireError("ERR_INVALID_ARGUMENT", "maxEnvelopeBytes must be an integer >= 64");
+    if (!Number.isInteger(this.#skew) || this.#skew < 0) throw sealwireError("ERR_INVALID_ARGUMENT", "clockSkewMs must be a non-negative integer");
+  }
+
+  /** Every check up to and including replay. Records the id as seen. */
+  verify(bytes: Uint8Array): VerifiedEnvelope {
+    const env = decodeEnvelope(bytes, this.#max);
+    const sender = verifyEnvelopeSignature(env, this.#trust);
+    const h = env.header;
+    const me = this.#identity;
+    if (h.to !== me.id || h.recipientKid !== me.kid) {
+      throw sealwireError("ERR_WRONG_RECIPIENT", `envelope ${h.id} is addressed to another agent or key`, { envelopeId: h.id });
+    }
+    const now = this.#now();
+    if (now > h.createdAt + h.ttlMs + this.#skew) {
+      throw sealwireError("ERR_EXPIRED", `envelope ${h.id} expired`, { envelopeId: h.id });
+    }
+    if (h.createdAt > now + this.#skew) {
+      throw sealwireError("ERR_FROM_FUTURE", `envelope ${h.id} was created in the future; check both clocks`, { envelopeId: h.id });
+    }
+    // Replays are keyed by sender and id; kept until no copy could pass the expiry check anyway.
+    if (!this.#replay.checkAndAdd(`${h.from}/${h.id}`, h.createdAt + h.ttlMs + this.#skew, now)) {
+      throw sealwireError("ERR_REPLAY", `envelope ${h.id} was already received`, { envelopeId: h.id });
+    }
+    return { ...env, sender };
+  }
+
+  /** Decrypts a verified envelope. */
+  decrypt(env: VerifiedEnvelope): Uint8Array {
+    const me = this.#identity;
+    const p = me.provider;
+    const ctx = setupAuthR(p, env.wire.enc, me.sealingKey(), HPKE_INFO, p.x25519Public(env.sender.sealPublicKey));
+    try {
+      return ctx.open(env.headerBytes, env.ciphertext);
+    } catch (e) {
+      throw sealwireError("ERR_DECRYPT", `envelope ${env.header.id} could not be decrypted`, { envelopeId: env.header.id, cause: e });
+    } finally {
+      ctx.destroy();
+    }
+  }
+
+  /** verify → decrypt. */
+  open(bytes: Uint8Array): OpenedEnvelope {
+    const env = this.verify(bytes);
+    return { header: env.header, sender: env.sender, plaintext: this.decrypt(env) };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Payloads: what the application sends, encoded inside the ciphertext.
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Application data: bytes, a string, or a plain JSON-like value. */
+export type Data = Uint8Array | string | JsonValue;
+/** Plain JSON-like values. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+const KIND_BYTES = 0;
+const KIND_STRING = 1;
+const KIND_JSON = 2;
+
+/** Encodes application data: one kind byte, then raw bytes, UTF-8 text or JSON text. */
+export function encodePayload(data: Data): Uint8Array {
+  if (data instanceof Uint8Array) return concatBytes(Uint8Array.of(KIND_BYTES), data);
+  if (typeof data === "string") return concatBytes(Uint8Array.of(KIND_STRING), utf8(data));
+  let json: string | undefined;
+  try {
+    assertPlainJson(data, 0);
+    json = JSON.stringify(data);
+  } catch (e) {
+    if (e && (e as { name?: string }).name === "SealwireError") throw e;
+    // Never attach the cause: its message could quote the data.
+    throw sealwireError("ERR_INVALID_ARGUMENT", "data must be a Uint8Array, a string or a plain JSON value");
+  }
+  if (json === undefined) throw sealwireError("ERR_INVALID_ARGUMENT", "data must be a Uint8Array, a string or a plain JSON value");
+  return concatBytes(Uint8Array.of(KIND_JSON), utf8(json));
+}
+
+function assertPlainJson(v: unknown, depth: number): void {
+  if (depth > 64) throw sealwireError("ERR_INVALID_ARGUMENT", "data is nested more than 64 levels deep");
+  if (v === null || typeof v === "string" || typeof v === "boolean") return;
+  if (typeof v === "number") {
+    if (!Number.isFinite(v)) throw sealwireError("ERR_INVALID_ARGUMENT", "data contains a non-finite number");
+    return;
+  }
+  if (Array.isArray(v)) {
+    for (const x of v) assertPlainJson(x, depth + 1);
+    return;
+  }
+  if (typeof v === "object") {
+    const proto = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null) {
+      throw sealwireError("ERR_INVALID_ARGUMENT", "data objects must be plain objects (no class instances, Dates, Maps or Buffers inside)");
+    }
+    for (const k of Object.keys(v)) assertPlainJson((v as Record<string, unknown>)[k], depth + 1);
+    return;
+  }
+  throw sealwireError("ERR_INVALID_ARGUMENT", `data contains a value of type ${typeof v}`);
+}
+
+/** Decodes a payload; throws ERR_PAYLOAD (without echoing content) if it is malformed. Wipes nothing: the caller owns `pt`. */
+export function decodePayload(pt: Uint8Array): Data {
+  const kind = pt[0];
+  const body = pt.subarray(1);
+  try {
+    if (kind === KIND_BYTES) return Uint8Array.from(body);
+    if (kind === KIND_STRING) return fromUtf8(body);
+    if (kind === KIND_JSON) return JSON.parse(fromUtf8(body)) as JsonValue;
+  } catch {
+    /* fall through */
+  }
+  throw sealwireError("ERR_PAYLOAD", "the decrypted payload is malformed");
+}
