@@ -1,0 +1,56 @@
+/**
+ * sealwire: signed, sealed, policy-tagged envelopes between AI agents, over any transport.
+ *
+ * The root entry loads no transport (no `ws`, no NATS client): import transports from their sub-paths
+ * (`sealwire/transports/memory`, …).
+ *
+ * @module
+ * @example
+ * ```ts
+ * import { generateIdentity, TrustStore, createAgent } from "sealwire";
+ * import { memory } from "sealwire/transports/memory";
+ * const net = memory();
+ * const alice = await generateIdentity("alice");
+ * const trust = new TrustStore();
+ * trust.add(alice.publicIdentity);
+ * const a = await createAgent({ identity: alice, trust, transport: net });
+ * ```
+ */
+export { Agent, createAgent } from "./agent.js";
+export type { AgentOptions, ReceivedMessage, RequestOptions, SendOptions } from "./agent.js";
+export { defaultProvider, nativeProvider, nobleProvider } from "./_crypto.js";
+export type { CryptoProvider } from "./_crypto.js";
+export {
+  DEFAULT_CLOCK_SKEW_MS,
+  DEFAULT_TTL_MS,
+  EnvelopeOpener,
+  MAX_ENVELOPE_BYTES,
+  MAX_TTL_MS,
+  ReplayCache,
+  decodeEnvelope,
+  decodePayload,
+  encodePayload,
+  sealEnvelope,
+  verifyEnvelopeSignature,
+} from "./envelope.js";
+export type {
+  Data,
+  DecodedEnvelope,
+  EnvelopeHeader,
+  JsonValue,
+  OpenedEnvelope,
+  OpenerOptions,
+  SealOptions,
+  SealedEnvelope,
+  Tags,
+  TagsInit,
+  VerifiedEnvelope,
+} from "./envelope.js";
+export { ERROR_CODES, SealwireError } from "./errors.js";
+export type { ErrorCode, SealwireErrorOptions } from "./errors.js";
+export { AGENT_ID_RE, Identity, generateIdentity, parsePublicIdentity } from "./identity.js";
+export type { IdentityOptions, IdentitySecrets, PublicIdentity } from "./identity.js";
+export { isTransport, transportSymbol } from "./transport.js";
+export type { AbortOptions, Connection, DialOptions, ListenOptions, Listener, Transport } from "./transport.js";
+export { PII_TAG_RE, ROLE_RE, TrustStore } from "./trust.js";
+export type { TrustEntry, TrustOptions } from "./trust.js";
