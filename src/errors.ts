@@ -50,6 +50,11 @@ export const ERROR_CODES = {
   ERR_NOISE_HANDSHAKE: "A Noise handshake message was malformed, unauthentic or out of turn; the handshake is dead, start a new one.",
   ERR_NOISE_DECRYPT: "A Noise transport message failed authentication (tampered, reordered or wrong key).",
   ERR_NONCE_EXHAUSTED: "A Noise cipher state used its last 64-bit nonce; rekey is not enough, start a new session.",
+  ERR_CONTENT_TOO_LARGE: "Content exceeds the scanner's size, depth or node limit and was not scanned; treat it as denied.",
+  ERR_AUDIT_TAMPERED: "The audit log does not verify: a record was edited, inserted, deleted or reordered, or a signature is bad.",
+  ERR_AUDIT_TRUNCATED: "The audit log ends without its final signed checkpoint or with a torn line; records may be missing.",
+  ERR_AUDIT_UNKNOWN_SIGNER: "An audit checkpoint is signed by a key the verifier cannot resolve; pass its public key or resolver.",
+  ERR_AUDIT_IO: "The audit log could not be read or written; the log refuses further appends.",
 } as const;
 
 /** A stable error code. */
