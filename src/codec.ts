@@ -41,6 +41,7 @@ export interface DecodeLimits {
 }
 
 const td = new TextDecoder("utf-8", { fatal: true });
+const FORBIDDEN_KEYS = new Set(["__proto__", "constructor", "prototype"]);
 const decodeError = () => sealwireError("ERR_DECODE", "malformed envelope encoding");
 
 /**
@@ -131,13 +132,22 @@ export function assertPlainMsgpack(buf: Uint8Array, maxDepth = 8, maxItems = 409
     if (strLen >= 0) {
       need(strLen);
       const s = buf.subarray(pos, pos + strLen);
-      let text: string;
-      try {
-        text = td.decode(s);
-      } catch {
-        throw decodeError();
+      let ascii = true;
+      for (let k = 0; k < s.length; k++) {
+        if (s[k]! >= 0x80) {
+          ascii = false;
+          break;
+        }
       }
-      if (expectKey && (text === "__proto__" || text === "constructor" || text === "prototype")) throw decodeError();
+      // ASCII is valid UTF-8; only non-ASCII strings need the (slower) strict decoder.
+      if (!ascii) {
+        try {
+          td.decode(s);
+        } catch {
+          throw decodeError();
+        }
+      }
+      if (expectKey && (strLen === 9 || strLen === 11) && FORBIDDEN_KEYS.has(td.decode(s))) throw decodeError();
       pos += strLen;
     }
     if (container >= 0) {
