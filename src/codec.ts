@@ -22,6 +22,8 @@ import { sealwireError } from "./errors.js";
 
 const packr = new Packr({ useRecords: false, moreTypes: false, bundleStrings: false, variableMapSize: true });
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, moreTypes: false, bundleStrings: false });
+// For payloads: byte strings are copied out of the input, so wiping the plaintext buffer cannot touch them.
+const copyingUnpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, moreTypes: false, bundleStrings: false, copyBuffers: true });
 
 /** Encodes plain data as MessagePack. */
 export function encode(value: unknown): Uint8Array {
@@ -38,10 +40,12 @@ export interface DecodeLimits {
   maxDepth?: number;
   /** Most values in total (every scalar, array, map, key counts one). @default 4096 */
   maxItems?: number;
+  /** Return byte strings as copies rather than views into `buf`. @default false */
+  copyBytes?: boolean;
 }
 
 const td = new TextDecoder("utf-8", { fatal: true });
-const FORBIDDEN_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+const PROTO_KEY = "__proto__";
 const decodeError = () => sealwireError("ERR_DECODE", "malformed envelope encoding");
 
 /**
@@ -147,7 +151,8 @@ export function assertPlainMsgpack(buf: Uint8Array, maxDepth = 8, maxItems = 409
           throw decodeError();
         }
       }
-      if (expectKey && (strLen === 9 || strLen === 11) && FORBIDDEN_KEYS.has(td.decode(s))) throw decodeError();
+      // `__proto__` as a map key would set the prototype of the decoded object.
+      if (expectKey && strLen === 9 && td.decode(s) === PROTO_KEY) throw decodeError();
       pos += strLen;
     }
     if (container >= 0) {
@@ -172,7 +177,7 @@ export function decodeStrict(buf: Uint8Array, limits: DecodeLimits): unknown {
   if (buf.length === 0) throw decodeError();
   assertPlainMsgpack(buf, limits.maxDepth ?? 8, limits.maxItems ?? 4096);
   try {
-    return unpackr.unpack(buf);
+    return (limits.copyBytes ? copyingUnpackr : unpackr).unpack(buf);
   } catch {
     throw decodeError();
   }

@@ -25,7 +25,7 @@
  * ```
  */
 import { z } from "zod";
-import { concatBytes, fromUtf8, toHex, utf8 } from "./_bytes.js";
+import { concatBytes, toHex, utf8 } from "./_bytes.js";
 import { decodeStrict, encode } from "./codec.js";
 import { sealwireError } from "./errors.js";
 import { setupAuthR, setupAuthS } from "./hpke.js";
@@ -387,64 +387,76 @@ export class EnvelopeOpener {
 // Payloads: what the application sends, encoded inside the ciphertext.
 // ---------------------------------------------------------------------------------------------------------------
 
-/** Application data: bytes, a string, or a plain JSON-like value. */
-export type Data = Uint8Array | string | JsonValue;
-/** Plain JSON-like values. */
-export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+/**
+ * Application data: bytes, a string, or a plain value built from null, booleans, finite numbers, strings, bytes,
+ * arrays and plain objects (JSON plus bytes). Encoded as MessagePack inside the ciphertext.
+ */
+export type Data = null | boolean | number | string | Uint8Array | Data[] | { [key: string]: Data };
 
-const KIND_BYTES = 0;
-const KIND_STRING = 1;
-const KIND_JSON = 2;
+/** Deepest nesting accepted in application data. */
+export const MAX_DATA_DEPTH = 64;
 
-/** Encodes application data: one kind byte, then raw bytes, UTF-8 text or JSON text. */
+/** Encodes application data (after checking it is plain) as MessagePack. */
 export function encodePayload(data: Data): Uint8Array {
-  if (data instanceof Uint8Array) return concatBytes(Uint8Array.of(KIND_BYTES), data);
-  if (typeof data === "string") return concatBytes(Uint8Array.of(KIND_STRING), utf8(data));
-  let json: string | undefined;
   try {
-    assertPlainJson(data, 0);
-    json = JSON.stringify(data);
+    assertPlain(data, 0);
   } catch (e) {
     if (e && (e as { name?: string }).name === "SealwireError") throw e;
     // Never attach the cause: its message could quote the data.
-    throw sealwireError("ERR_INVALID_ARGUMENT", "data must be a Uint8Array, a string or a plain JSON value");
+    throw sealwireError("ERR_INVALID_ARGUMENT", "data must be bytes, a string or a plain value (JSON plus Uint8Array)");
   }
-  if (json === undefined) throw sealwireError("ERR_INVALID_ARGUMENT", "data must be a Uint8Array, a string or a plain JSON value");
-  return concatBytes(Uint8Array.of(KIND_JSON), utf8(json));
+  return encode(data);
 }
 
-function assertPlainJson(v: unknown, depth: number): void {
-  if (depth > 64) throw sealwireError("ERR_INVALID_ARGUMENT", "data is nested more than 64 levels deep");
-  if (v === null || typeof v === "string" || typeof v === "boolean") return;
+function assertPlain(v: unknown, depth: number): void {
+  if (depth > MAX_DATA_DEPTH) throw sealwireError("ERR_INVALID_ARGUMENT", `data is nested more than ${MAX_DATA_DEPTH} levels deep`);
+  if (v === null || typeof v === "string" || typeof v === "boolean" || v instanceof Uint8Array) return;
   if (typeof v === "number") {
     if (!Number.isFinite(v)) throw sealwireError("ERR_INVALID_ARGUMENT", "data contains a non-finite number");
+    if (Number.isInteger(v) && !Number.isSafeInteger(v)) throw sealwireError("ERR_INVALID_ARGUMENT", "data contains an integer beyond 2^53");
     return;
   }
   if (Array.isArray(v)) {
-    for (const x of v) assertPlainJson(x, depth + 1);
+    for (const x of v) assertPlain(x, depth + 1);
     return;
   }
   if (typeof v === "object") {
     const proto = Object.getPrototypeOf(v);
     if (proto !== Object.prototype && proto !== null) {
-      throw sealwireError("ERR_INVALID_ARGUMENT", "data objects must be plain objects (no class instances, Dates, Maps or Buffers inside)");
+      throw sealwireError("ERR_INVALID_ARGUMENT", "data objects must be plain objects (no class instances, Dates or Maps)");
     }
-    for (const k of Object.keys(v)) assertPlainJson((v as Record<string, unknown>)[k], depth + 1);
+    for (const k of Object.keys(v)) {
+      if (k === "__proto__") throw sealwireError("ERR_INVALID_ARGUMENT", "data must not contain a __proto__ key");
+      assertPlain((v as Record<string, unknown>)[k], depth + 1);
+    }
     return;
   }
   throw sealwireError("ERR_INVALID_ARGUMENT", `data contains a value of type ${typeof v}`);
 }
 
-/** Decodes a payload; throws ERR_PAYLOAD (without echoing content) if it is malformed. Wipes nothing: the caller owns `pt`. */
-export function decodePayload(pt: Uint8Array): Data {
-  const kind = pt[0];
-  const body = pt.subarray(1);
-  try {
-    if (kind === KIND_BYTES) return Uint8Array.from(body);
-    if (kind === KIND_STRING) return fromUtf8(body);
-    if (kind === KIND_JSON) return JSON.parse(fromUtf8(body)) as JsonValue;
-  } catch {
-    /* fall through */
+/** Buffers from the decoder become plain Uint8Arrays (views on the decoder's private copies). */
+function plainBytes(v: unknown): Data {
+  if (v instanceof Uint8Array) return Buffer.isBuffer(v) ? new Uint8Array(v.buffer, v.byteOffset, v.byteLength) : v;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) v[i] = plainBytes(v[i]);
+    return v as Data[];
   }
-  throw sealwireError("ERR_PAYLOAD", "the decrypted payload is malformed");
+  if (v !== null && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    for (const k of Object.keys(o)) o[k] = plainBytes(o[k]);
+    return o as { [key: string]: Data };
+  }
+  return v as Data;
+}
+
+/**
+ * Decodes a payload with the same strict walker as headers (the sender is authenticated, but may be a malicious
+ * crew member). Throws ERR_PAYLOAD, never echoing content.
+ */
+export function decodePayload(pt: Uint8Array): Data {
+  try {
+    return plainBytes(decodeStrict(pt, { maxBytes: pt.length, maxDepth: MAX_DATA_DEPTH + 1, maxItems: pt.length, copyBytes: true }));
+  } catch {
+    throw sealwireError("ERR_PAYLOAD", "the decrypted payload is malformed");
+  }
 }
