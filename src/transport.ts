@@ -39,10 +39,19 @@ export interface DialOptions extends AbortOptions {
    * transports ignore it.
    */
   remotePeer?: string;
+  /**
+   * Set by a secure channel (the Noise transport) that encrypts and authenticates every frame above this
+   * transport. Transports that refuse plaintext wires (WebSocket over `ws://`) accept them when this is set.
+   * Never set it yourself unless something else really encrypts the frames.
+   */
+  channelSecured?: boolean;
 }
 
 /** Options for {@link Transport.listen}. */
-export interface ListenOptions extends AbortOptions {}
+export interface ListenOptions extends AbortOptions {
+  /** See {@link DialOptions.channelSecured}. */
+  channelSecured?: boolean;
+}
 
 /** One bidirectional, ordered, message-framed connection. Iterate it (once) to receive frames. */
 export interface Connection extends AsyncIterable<Uint8Array> {
