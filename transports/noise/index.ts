@@ -1,0 +1,24 @@
+/**
+ * `sealwire/transports/noise` low-level API: a spec-exact implementation of the Noise Protocol Framework,
+ * revision 34, shaped like the spec so it can be checked against other implementations (and is, against the
+ * cacophony, snow and noise-c test vectors).
+ *
+ * - {@link HandshakeState}: `initialize`, `writeMessage`, `readMessage`, `isComplete`, `split`,
+ *   `getHandshakeHash`, `remoteStaticKey`.
+ * - {@link CipherState}: `encryptWithAd`, `decryptWithAd`, `rekey`, `setNonce`, `hasKey`.
+ * - {@link parseProtocolName}: `Noise_<pattern>[pskN…]_25519_ChaChaPoly_<SHA256|SHA512|BLAKE2b>`.
+ *
+ * Most users want the secure-channel transport built on top of this, not these objects.
+ *
+ * @module
+ * @example
+ * ```ts
+ * import { HandshakeState } from "sealwire/transports/noise";
+ * const hs = HandshakeState.initialize({ protocolName: "Noise_NN_25519_ChaChaPoly_SHA256", initiator: true });
+ * const m1 = hs.writeMessage(new Uint8Array(0)); // -> e
+ * ```
+ */
+export { CipherState, MAX_MESSAGE_BYTES, MAX_PLAINTEXT_BYTES, TAG_BYTES } from "./cipher-state.js";
+export { HandshakeState, type HandshakeInit } from "./handshake-state.js";
+export { PATTERN_NAMES, handshakePattern, type HandshakePattern, type MessagePattern, type Token } from "./patterns.js";
+export { parseProtocolName, type NoiseProtocol } from "./protocol-name.js";
