@@ -1,5 +1,5 @@
 /**
- * `sealwire/transports/noise` low-level API: a spec-exact implementation of the Noise Protocol Framework,
+ * `sealwire/noise` low-level API: a spec-exact implementation of the Noise Protocol Framework,
  * revision 34, shaped like the spec so it can be checked against other implementations (and is, against the
  * cacophony, snow and noise-c test vectors).
  *
@@ -8,12 +8,13 @@
  * - {@link CipherState}: `encryptWithAd`, `decryptWithAd`, `rekey`, `setNonce`, `hasKey`.
  * - {@link parseProtocolName}: `Noise_<pattern>[pskN…]_25519_ChaChaPoly_<SHA256|SHA512|BLAKE2b>`.
  *
- * Most users want the secure-channel transport built on top of this, not these objects.
+ * Most users want the secure-channel transport built on top of this, not these objects. Only this file is
+ * exported by the package (`"./noise"`); `_testing.ts` and the other modules stay internal.
  *
  * @module
  * @example
  * ```ts
- * import { HandshakeState } from "sealwire/transports/noise";
+ * import { HandshakeState } from "sealwire/noise";
  * const hs = HandshakeState.initialize({ protocolName: "Noise_NN_25519_ChaChaPoly_SHA256", initiator: true });
  * const m1 = hs.writeMessage(new Uint8Array(0)); // -> e
  * ```
