@@ -283,7 +283,6 @@ function SealwireErrorLike(e: unknown): boolean {
 // in a Buffer we can wipe; JWK would turn it into a JS string, which can never be wiped.
 const PKCS8_X25519 = Buffer.from("302e020100300506032b656e04220420", "hex");
 const PKCS8_ED25519 = Buffer.from("302e020100300506032b657004220420", "hex");
-const SPKI_LEN = 44;
 
 function importPrivate(prefix: Buffer, raw: Uint8Array): nc.KeyObject {
   const der = Buffer.alloc(prefix.length + 32);
@@ -339,6 +338,13 @@ function importPublic(crv: "X25519" | "Ed25519", pk: Uint8Array): NativePublic {
   return new NativePublic(Uint8Array.from(pk), key);
 }
 
+let basePointKey: nc.KeyObject | undefined;
+function basePoint(): nc.KeyObject {
+  const u9 = new Uint8Array(32);
+  u9[0] = 9;
+  return (basePointKey ??= importPublic("X25519", u9).key);
+}
+
 /** A small bounded cache of imported public keys (public values only), keyed by hex. */
 class PublicKeyCache {
   readonly #map = new Map<string, NativePublic>();
@@ -362,10 +368,6 @@ class PublicKeyCache {
 const pubCache = new PublicKeyCache(1024);
 
 // @types/node only types the "both encoded" and "neither encoded" forms; Node itself encodes each half independently.
-type GenerateMixed = (
-  type: "x25519",
-  opts: { publicKeyEncoding: { format: "der"; type: "spki" } },
-) => { publicKey: Buffer; privateKey: nc.KeyObject };
 type GeneratePrivateDer = (
   type: "ed25519",
   opts: { privateKeyEncoding: { format: "der"; type: "pkcs8" } },
@@ -422,12 +424,12 @@ export const nativeProvider: CryptoProvider = Object.freeze({
     return out;
   },
   x25519Generate: () => {
-    // Asking for the SPKI encoding inside the generate call (rather than exporting the KeyObject afterwards)
-    // avoids a deadlock seen on Node 20.20 when exporting freshly generated keys in a tight loop.
-    const { publicKey, privateKey } = (nc.generateKeyPairSync as unknown as GenerateMixed)("x25519", {
-      publicKeyEncoding: { format: "der", type: "spki" },
-    });
-    return new NativePrivate(privateKey, new Uint8Array(publicKey.subarray(SPKI_LEN - 32)), "x25519");
+    // The public key is X25519(sk, 9) (RFC 7748 §6.1), computed with the base point as a cached public key:
+    // cheaper than asking OpenSSL to encode the key pair, and it avoids exporting freshly generated KeyObjects,
+    // which deadlocked on Node 20.20 in tight loops.
+    const { privateKey } = nc.generateKeyPairSync("x25519");
+    const pub = u8(nc.diffieHellman({ privateKey, publicKey: basePoint() }));
+    return new NativePrivate(privateKey, pub, "x25519");
   },
   x25519FromSecret: (sk: Uint8Array) => {
     checkLen(sk, 32, "X25519 secret key");
