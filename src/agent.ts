@@ -16,23 +16,29 @@
  * for await (const msg of b.messages()) { console.log(msg.from, msg.data); break; }
  * ```
  */
+import { toHex } from "./_bytes.js";
+import { createAttestation, verifyAttestation, type VerifiedAttestation } from "./attestation.js";
+import type { AuditEvent } from "./audit.js";
 import { SealwireError, sealwireError } from "./errors.js";
 import {
   DEFAULT_TTL_MS,
   EnvelopeOpener,
   ReplayCache,
   decodePayload,
+  encodeData,
   encodePayload,
   sealEnvelope,
   type Data,
   type EnvelopeHeader,
   type Tags,
   type TagsInit,
+  type VerifiedEnvelope,
 } from "./envelope.js";
+import { POLICY_TIMEOUT_MS, defaultPolicy, evaluate, type Decision, type Policy, type PolicyContext, type PolicyHeader } from "./policy.js";
 import { Identity, assertAgentId } from "./identity.js";
 import type { Connection, Listener, Transport } from "./transport.js";
 import { isTransport } from "./transport.js";
-import type { TrustStore } from "./trust.js";
+import type { TrustEntry, TrustStore } from "./trust.js";
 import { TrustStore as TrustStoreClass } from "./trust.js";
 
 /** Options for {@link createAgent}. */
@@ -60,17 +66,42 @@ export interface AgentOptions {
   inboxSize?: number;
   /** Called with every refused inbound envelope or connection failure (code, envelope id; never payloads). */
   onError?: (err: SealwireError) => void;
+  /**
+   * Checked at `send` (before sealing) and at `deliver` (before decryption on the header, after it on the
+   * content). @default defaultPolicy(): PII clearances + content scanners
+   */
+  policy?: Policy;
+  /** Time budget of one policy evaluation; over it the policy denies. @default 1000 */
+  policyTimeoutMs?: number;
+  /** Where sent/delivered/denied events are recorded (an `AuditLog`). Metadata only, payloads as keyed digests. */
+  audit?: AuditSink;
+  /**
+   * Tell the sender when a policy denies its message at delivery (a small signed `sw.denied` notice with the
+   * envelope id and reason code; at most 60 a minute per sender). @default true
+   */
+  notifyDenials?: boolean;
   /** Clock, for tests. @default Date.now */
   now?: () => number;
+}
+
+/** Anything with the `append` of an `AuditLog`. */
+export interface AuditSink {
+  append(event: AuditEvent): Promise<unknown>;
 }
 
 /** Options for {@link Agent.send}. */
 export interface SendOptions {
   tags?: TagsInit;
-  /** Message type. @default "msg" */
+  /** Message type (`sw.*` is reserved). @default "msg" */
   type?: string;
   ttlMs?: number;
   signal?: AbortSignal;
+  /**
+   * Attest that `data` is the anonymized form of `input` (a message this agent received) under the named
+   * policy. The recipient accepts PII-tagged, anonymized data without clearance only with a valid attestation
+   * from a trusted agent holding the `anonymizer` role.
+   */
+  attestation?: { input: Pick<ReceivedMessage, "id" | "digest">; policy: string };
 }
 
 /** Options for {@link Agent.request}. */
@@ -89,6 +120,10 @@ export interface ReceivedMessage {
   readonly createdAt: number;
   readonly replyTo: string | undefined;
   readonly data: Data;
+  /** SHA-256 (hex) of the envelope bytes as received: what an attestation or an audit record refers to. */
+  readonly digest: string;
+  /** The verified anonymization attestation the message carried, if any. */
+  readonly attestation: VerifiedAttestation | undefined;
   /** Sends `data` back to the sender as the reply to this message. */
   reply(data: Data, options?: Omit<SendOptions, "type">): Promise<{ id: string }>;
 }
@@ -118,6 +153,10 @@ export class Agent {
   readonly #inbound = new Set<Connection>();
   readonly #pending = new Map<string, Pending>();
   readonly #cleanups: (() => void)[] = [];
+  readonly #policy: Policy;
+  readonly #policyTimeoutMs: number;
+  readonly #nacks = new Map<string, { start: number; count: number }>();
+  #selfEntry: TrustEntry | undefined;
   #listener: Listener | undefined;
   #closed = false;
 
@@ -135,6 +174,11 @@ export class Agent {
     this.#transport = options.transport;
     this.#opts = options;
     this.#inboxSize = inboxSize;
+    if (options.policy !== undefined && typeof options.policy !== "function") {
+      throw sealwireError("ERR_INVALID_ARGUMENT", "policy must be a function (ctx) => Decision");
+    }
+    this.#policy = options.policy ?? defaultPolicy();
+    this.#policyTimeoutMs = options.policyTimeoutMs ?? POLICY_TIMEOUT_MS;
     this.#opener = new EnvelopeOpener({
       identity: options.identity,
       trust: options.trust,
@@ -187,16 +231,68 @@ export class Agent {
     this.#alive();
     assertAgentId(to, "recipient");
     options.signal?.throwIfAborted();
+    if (options.type !== undefined && typeof options.type === "string" && options.type.startsWith("sw.")) {
+      throw sealwireError("ERR_INVALID_ARGUMENT", 'message types starting with "sw." are reserved for sealwire');
+    }
+    return this.#sendRaw(to, data, options, replyTo, true);
+  }
+
+  async #sendRaw(
+    to: string,
+    data: Data,
+    options: SendOptions,
+    replyTo: string | undefined,
+    checkPolicy: boolean,
+  ): Promise<{ id: string; header: EnvelopeHeader }> {
     const recipient = this.#trust.require(to);
-    const sealed = sealEnvelope(this.#identity, recipient, encodePayload(data), {
-      ttlMs: options.ttlMs ?? this.#opts.defaultTtlMs ?? DEFAULT_TTL_MS,
-      ...(options.tags !== undefined ? { tags: options.tags } : {}),
+    const me = this.#self();
+    const id = toHex(this.#identity.provider.randomBytes(16));
+    const ttlMs = options.ttlMs ?? this.#opts.defaultTtlMs ?? DEFAULT_TTL_MS;
+    const now = this.#opts.now?.() ?? Date.now();
+    let tags: TagsInit = { ...(options.tags ?? {}) };
+    const dataBytes = encodeData(data); // validates data before any policy sees it
+    let attestation: unknown;
+    if (options.attestation) {
+      const { input, policy } = options.attestation;
+      attestation = createAttestation(this.#identity, { id: input?.id, digest: input?.digest }, dataBytes, policy, now);
+    }
+    if (checkPolicy) {
+      for (let round = 0; ; round++) {
+        const header: PolicyHeader = {
+          id,
+          from: this.id,
+          to,
+          type: options.type ?? "msg",
+          createdAt: now,
+          ttlMs,
+          tags: { pii: [...(tags.pii ?? [])], anonymized: tags.anonymized ?? false, ...(tags.classification !== undefined ? { classification: tags.classification } : {}) },
+        };
+        const d = await evaluate(
+          this.#policy,
+          { stage: "send", phase: "content", header, sender: me, recipient, data, size: dataBytes.length, now },
+          this.#policyTimeoutMs,
+        );
+        if (!d.allow) {
+          await this.#audit({ event: "denied", envelopeId: id, from: this.id, to, tags: tagList(header.tags), decision: "deny", reason: d.reason });
+          throw sealwireError("ERR_POLICY_DENIED", `policy denied sending ${id} to "${to}": ${d.reason}`, { envelopeId: id, reason: d.reason });
+        }
+        const extra = (d.addTags ?? []).filter((t) => !(tags.pii ?? []).includes(t));
+        if (extra.length === 0) break;
+        if (round > 0) throw sealwireError("ERR_POLICY_DENIED", `policy kept adding tags to ${id}`, { envelopeId: id, reason: "policy_error" });
+        tags = { ...tags, pii: [...(tags.pii ?? []), ...extra] };
+      }
+    }
+    const sealed = sealEnvelope(this.#identity, recipient, attestation === undefined ? encodePayload(data) : encodePayload(data, attestation), {
+      id,
+      ttlMs,
+      now,
+      tags,
       ...(options.type !== undefined ? { type: options.type } : {}),
       ...(replyTo !== undefined ? { replyTo } : {}),
-      ...(this.#opts.now ? { now: this.#opts.now() } : {}),
     });
     await this.#deliverFrame(to, sealed.bytes, options.signal);
-    return { id: sealed.header.id, header: sealed.header };
+    await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
+    return { id, header: sealed.header };
   }
 
   async #deliverFrame(to: string, frame: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
@@ -358,21 +454,69 @@ export class Agent {
 
   /** Returns false if the frame was refused. */
   async #handleFrame(frame: Uint8Array): Promise<boolean> {
-    let msg: ReceivedMessage;
+    let env: VerifiedEnvelope;
     try {
-      const opened = this.#opener.open(frame);
-      const h = opened.header;
-      let data: Data;
-      try {
-        data = decodePayload(opened.plaintext);
-      } finally {
-        opened.plaintext.fill(0);
-      }
-      msg = this.#message(h, data);
+      env = this.#opener.verify(frame);
     } catch (e) {
       this.#report(e);
       return false;
     }
+    const h = env.header;
+    const me = this.#self();
+    const system = h.type.startsWith("sw.");
+    const now = this.#opts.now?.() ?? Date.now();
+    const ctxBase = { stage: "deliver" as const, header: h, sender: env.sender, size: env.size, now };
+    if (!system) {
+      // Header phase: before decryption (Policy sees only authenticated metadata).
+      const d = await evaluate(this.#policy, { ...ctxBase, phase: "header", recipient: me }, this.#policyTimeoutMs);
+      if (!d.allow) return this.#denied(h, d);
+    }
+    let msg: ReceivedMessage;
+    let payloadBytes: Uint8Array | undefined;
+    try {
+      const pt = this.#opener.decrypt(env);
+      let decoded;
+      try {
+        decoded = decodePayload(pt);
+      } finally {
+        pt.fill(0);
+      }
+      let attestation: VerifiedAttestation | undefined;
+      if (decoded.attestation) {
+        try {
+          attestation = verifyAttestation(this.#trust, decoded.attestation.raw, decoded.attestation.output, { now });
+        } catch (e) {
+          this.#report(e);
+          return this.#denied(h, { allow: false, reason: "attestation_invalid" });
+        }
+        payloadBytes = decoded.attestation.output;
+      }
+      const digest = toHex(this.#identity.provider.hash("sha256", frame));
+      msg = this.#message(h, decoded.data, digest, attestation);
+    } catch (e) {
+      this.#report(e);
+      return false;
+    }
+    if (system) return this.#handleSystem(msg);
+    // Content phase: after decryption, before the application sees anything.
+    const ctx: PolicyContext = {
+      ...ctxBase,
+      phase: "content",
+      recipient: me,
+      data: msg.data,
+      ...(msg.attestation ? { attestation: msg.attestation } : {}),
+    };
+    const d = await evaluate(this.#policy, ctx, this.#policyTimeoutMs);
+    if (!d.allow) return this.#denied(h, d);
+    await this.#audit({
+      event: "delivered",
+      envelopeId: h.id,
+      from: h.from,
+      to: h.to,
+      tags: tagList(h.tags),
+      decision: "allow",
+      payload: payloadBytes ?? encodeData(msg.data),
+    });
     if (msg.type === "rep" && msg.replyTo !== undefined) {
       const pending = this.#pending.get(msg.replyTo);
       if (pending && pending.to === msg.from) {
@@ -391,7 +535,80 @@ export class Agent {
     return true;
   }
 
-  #message(h: EnvelopeHeader, data: Data): ReceivedMessage {
+  /** A policy denied delivery: audit it, tell onError and (bounded) the sender. The frame counts as handled. */
+  async #denied(h: EnvelopeHeader, d: Decision & { allow: false }): Promise<boolean> {
+    await this.#audit({ event: "denied", envelopeId: h.id, from: h.from, to: h.to, tags: tagList(h.tags), decision: "deny", reason: d.reason });
+    this.#report(sealwireError("ERR_POLICY_DENIED", `policy denied delivery of ${h.id} from "${h.from}": ${d.reason}`, { envelopeId: h.id, reason: d.reason }));
+    if (this.#opts.notifyDenials !== false && this.#nackAllowed(h.from)) {
+      this.#sendRaw(h.from, { id: h.id, reason: d.reason }, { type: "sw.denied", ttlMs: 60_000 }, h.id, false).catch(() => {});
+    }
+    return true;
+  }
+
+  #nackAllowed(peer: string): boolean {
+    const now = Date.now();
+    const w = this.#nacks.get(peer);
+    if (!w || now - w.start >= 60_000) {
+      if (!w && this.#nacks.size >= 10_000) this.#nacks.delete(this.#nacks.keys().next().value!);
+      this.#nacks.set(peer, { start: now, count: 1 });
+      return true;
+    }
+    return ++w.count <= 60;
+  }
+
+  /** sealwire's own messages (`sw.*`): strict shapes, never delivered to the application. */
+  #handleSystem(msg: ReceivedMessage): boolean {
+    if (msg.type === "sw.denied") {
+      const d = msg.data as { id?: unknown; reason?: unknown } | null;
+      if (
+        d === null || typeof d !== "object" || Array.isArray(d) || Object.keys(d).length !== 2 ||
+        typeof d.id !== "string" || !/^[0-9a-f]{32}$/.test(d.id) || typeof d.reason !== "string" || !/^[a-z0-9_:.-]{1,64}$/.test(d.reason)
+      ) {
+        this.#report(sealwireError("ERR_PAYLOAD", `malformed denial notice ${msg.id} from "${msg.from}"`, { envelopeId: msg.id }));
+        return false;
+      }
+      const err = sealwireError("ERR_POLICY_DENIED", `"${msg.from}" refused ${d.id}: ${d.reason}`, { envelopeId: d.id, reason: d.reason });
+      const pending = this.#pending.get(d.id);
+      if (pending && pending.to === msg.from) {
+        this.#pending.delete(d.id);
+        clearTimeout(pending.timer);
+        pending.reject(err);
+      }
+      this.#report(err);
+      return true;
+    }
+    this.#report(sealwireError("ERR_PAYLOAD", `unknown system message type from "${msg.from}"`, { envelopeId: msg.id }));
+    return false;
+  }
+
+  /**
+   * This agent's own trust entry (its roles and clearances). An agent missing from its own trust store is
+   * treated as having no roles and no clearances: PII addressed to it is denied, never allowed by default.
+   */
+  #self(): TrustEntry {
+    const e = this.#trust.get(this.id);
+    if (e && e.identity.kid === this.#identity.kid) return e;
+    this.#selfEntry ??= Object.freeze({
+      id: this.id,
+      identity: this.#identity.publicIdentity,
+      signPublicKey: this.#identity.signPublicKey,
+      sealPublicKey: this.#identity.sealPublicKey,
+      roles: [],
+      clearances: [],
+      revoked: false,
+      address: undefined,
+    });
+    return this.#selfEntry;
+  }
+
+  async #audit(event: AuditEvent): Promise<void> {
+    const sink = this.#opts.audit;
+    if (!sink) return;
+    // Fail closed: an audit sink that cannot record makes the operation fail (the caller sees the error).
+    await sink.append(event);
+  }
+
+  #message(h: EnvelopeHeader, data: Data, digest: string, attestation: VerifiedAttestation | undefined): ReceivedMessage {
     const agent = this;
     return Object.freeze({
       id: h.id,
@@ -402,6 +619,8 @@ export class Agent {
       createdAt: h.createdAt,
       replyTo: h.replyTo,
       data,
+      digest,
+      attestation,
       async reply(replyData: Data, options: Omit<SendOptions, "type"> = {}) {
         const { id } = await agent.#send(h.from, replyData, { ...options, type: "rep" }, h.id);
         return { id };
@@ -458,6 +677,10 @@ export class Agent {
   [Symbol.for("nodejs.util.inspect.custom")](): string {
     return `Agent(${this.id}${this.#closed ? ", closed" : ""})`;
   }
+}
+
+function tagList(tags: Tags): string[] {
+  return [...tags.pii, ...(tags.anonymized ? ["anonymized"] : []), ...(tags.classification ? [`class:${tags.classification}`] : [])];
 }
 
 /** Creates and starts an agent (listening at its default address unless `listen: false`). */

@@ -135,6 +135,8 @@ export interface SealOptions {
   ttlMs?: number;
   /** Envelope id (hex) this replies to. */
   replyTo?: string;
+  /** Envelope id (32 hex characters) chosen by the caller. @default 16 random bytes */
+  id?: string;
   /** Clock, for tests. @default Date.now */
   now?: number;
 }
@@ -154,6 +156,13 @@ function normalizeTags(t: TagsInit | undefined): WireHeader["tags"] {
     out.cls = t.classification;
   }
   return out;
+}
+
+function parseId(id: unknown, what: string): Uint8Array {
+  if (typeof id !== "string" || !/^[0-9a-f]{32}$/.test(id)) {
+    throw sealwireError("ERR_INVALID_ARGUMENT", `${what} must be an envelope id (32 lower-case hex characters)`);
+  }
+  return new Uint8Array(Buffer.from(id, "hex"));
 }
 
 function signedBytes(header: Uint8Array, ct: Uint8Array): Uint8Array {
@@ -185,7 +194,7 @@ export function sealEnvelope(sender: Identity, recipient: TrustEntry, payload: U
   }
   const wire: WireHeader = {
     v: ENVELOPE_VERSION,
-    id: p.randomBytes(16),
+    id: options.id !== undefined ? parseId(options.id, "id") : p.randomBytes(16),
     from: sender.id,
     to: recipient.id,
     skid: sender.kid,
@@ -196,12 +205,7 @@ export function sealEnvelope(sender: Identity, recipient: TrustEntry, payload: U
     tags: normalizeTags(options.tags),
     enc: new Uint8Array(0), // set below
   };
-  if (options.replyTo !== undefined) {
-    if (typeof options.replyTo !== "string" || !/^[0-9a-f]{32}$/.test(options.replyTo)) {
-      throw sealwireError("ERR_INVALID_ARGUMENT", "replyTo must be an envelope id (32 hex characters)");
-    }
-    wire.re = new Uint8Array(Buffer.from(options.replyTo, "hex"));
-  }
+  if (options.replyTo !== undefined) wire.re = parseId(options.replyTo, "replyTo");
   const { enc, ctx } = setupAuthS(p, p.x25519Public(recipient.sealPublicKey), HPKE_INFO, sender.sealingKey());
   try {
     wire.enc = enc;
@@ -396,8 +400,11 @@ export type Data = null | boolean | number | string | Uint8Array | Data[] | { [k
 /** Deepest nesting accepted in application data. */
 export const MAX_DATA_DEPTH = 64;
 
-/** Encodes application data (after checking it is plain) as MessagePack. */
-export function encodePayload(data: Data): Uint8Array {
+const PAYLOAD_PLAIN = 0x00;
+const PAYLOAD_ATTESTED = 0x01;
+
+/** Checks that `data` is plain and encodes it as MessagePack (no framing byte). */
+export function encodeData(data: Data): Uint8Array {
   try {
     assertPlain(data, 0);
   } catch (e) {
@@ -406,6 +413,16 @@ export function encodePayload(data: Data): Uint8Array {
     throw sealwireError("ERR_INVALID_ARGUMENT", "data must be bytes, a string or a plain value (JSON plus Uint8Array)");
   }
   return encode(data);
+}
+
+/**
+ * Encodes application data as the sealed payload: `0x00 ‖ msgpack(data)`, or, with an anonymization attestation,
+ * `0x01 ‖ msgpack([dataBytes, attestation])` so the attestation covers the exact output bytes.
+ */
+export function encodePayload(data: Data, attestation?: unknown): Uint8Array {
+  const body = encodeData(data);
+  if (attestation === undefined) return concatBytes(Uint8Array.of(PAYLOAD_PLAIN), body);
+  return concatBytes(Uint8Array.of(PAYLOAD_ATTESTED), encode([body, attestation]));
 }
 
 function assertPlain(v: unknown, depth: number): void {
@@ -449,14 +466,32 @@ function plainBytes(v: unknown): Data {
   return v as Data;
 }
 
+/** A decoded payload. */
+export interface DecodedPayload {
+  readonly data: Data;
+  /** The raw attestation (unverified) and the exact bytes it claims to cover, if the payload carries one. */
+  readonly attestation?: { readonly raw: unknown; readonly output: Uint8Array };
+}
+
 /**
  * Decodes a payload with the same strict walker as headers (the sender is authenticated, but may be a malicious
  * crew member). Throws ERR_PAYLOAD, never echoing content.
  */
-export function decodePayload(pt: Uint8Array): Data {
+export function decodePayload(pt: Uint8Array): DecodedPayload {
   try {
-    return plainBytes(decodeStrict(pt, { maxBytes: pt.length, maxDepth: MAX_DATA_DEPTH + 1, maxItems: pt.length, copyBytes: true }));
+    const kind = pt[0];
+    const body = pt.subarray(1);
+    const limits = { maxBytes: body.length, maxDepth: MAX_DATA_DEPTH + 1, maxItems: body.length, copyBytes: true };
+    if (kind === PAYLOAD_PLAIN) return { data: plainBytes(decodeStrict(body, limits)) };
+    if (kind === PAYLOAD_ATTESTED) {
+      const outer = decodeStrict(body, { ...limits, maxDepth: 3 });
+      if (!Array.isArray(outer) || outer.length !== 2 || !(outer[0] instanceof Uint8Array)) throw new Error("shape");
+      const output = new Uint8Array(outer[0]);
+      const data = plainBytes(decodeStrict(output, { ...limits, maxBytes: output.length, maxItems: output.length }));
+      return { data, attestation: { raw: outer[1], output } };
+    }
   } catch {
-    throw sealwireError("ERR_PAYLOAD", "the decrypted payload is malformed");
+    /* fall through: one opaque failure */
   }
+  throw sealwireError("ERR_PAYLOAD", "the decrypted payload is malformed");
 }

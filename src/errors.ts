@@ -55,6 +55,8 @@ export const ERROR_CODES = {
   ERR_AUDIT_TRUNCATED: "The audit log ends without its final signed checkpoint or with a torn line; records may be missing.",
   ERR_AUDIT_UNKNOWN_SIGNER: "An audit checkpoint is signed by a key the verifier cannot resolve; pass its public key or resolver.",
   ERR_AUDIT_IO: "The audit log could not be read or written; the log refuses further appends.",
+  ERR_POLICY_DENIED: "A policy denied the message; `reason` says which rule (never the data).",
+  ERR_ATTESTATION_INVALID: "An anonymization attestation is malformed, stale, not for this output, or not signed by a trusted anonymizer.",
 } as const;
 
 /** A stable error code. */
@@ -66,6 +68,8 @@ export interface SealwireErrorOptions {
   cause?: unknown;
   /** Envelope id (hex) the error concerns, for correlation in logs. */
   envelopeId?: string;
+  /** Policy reason code (ERR_POLICY_DENIED). */
+  reason?: string;
 }
 
 /**
@@ -77,11 +81,14 @@ export class SealwireError<C extends ErrorCode = ErrorCode> extends Error {
   readonly code: C;
   /** Envelope id (hex) the error concerns, when there is one. */
   readonly envelopeId: string | undefined;
+  /** Policy reason code, for ERR_POLICY_DENIED. */
+  readonly reason: string | undefined;
 
   constructor(code: C, message: string, options: SealwireErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.envelopeId = options.envelopeId;
+    this.reason = options.reason;
     Error.captureStackTrace?.(this, SealwireError);
   }
 

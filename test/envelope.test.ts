@@ -58,7 +58,7 @@ describe("envelope round trip", () => {
         type: "req",
       });
       const opened = opener.open(env.bytes);
-      expect(decodePayload(opened.plaintext)).toEqual(data);
+      expect(decodePayload(opened.plaintext).data).toEqual(data);
       expect(opened.header).toEqual(env.header);
       expect(opened.header.tags).toEqual({ pii: ["pii:email"], classification: "internal", anonymized: false });
       expect(opened.header.from).toBe("alice");
