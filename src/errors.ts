@@ -57,6 +57,13 @@ export const ERROR_CODES = {
   ERR_AUDIT_IO: "The audit log could not be read or written; the log refuses further appends.",
   ERR_POLICY_DENIED: "A policy denied the message; `reason` says which rule (never the data).",
   ERR_ATTESTATION_INVALID: "An anonymization attestation is malformed, stale, not for this output, or not signed by a trusted anonymizer.",
+  ERR_NO_PASSPHRASE: "No passphrase was given, or it is empty; sealwire never falls back to a default passphrase.",
+  ERR_KEYSTORE_PERMISSIONS: "A keystore or passphrase file is readable or writable by group or others; run the chmod the message gives.",
+  ERR_KEYSTORE_DECRYPT: "The keystore could not be decrypted: wrong passphrase, or the file is truncated, damaged or was modified.",
+  ERR_KEYSTORE_FORMAT: "The file is not a sealwire keystore, has an unsupported version or algorithm, or asks for KDF parameters beyond the limits.",
+  ERR_KEYSTORE_IO: "The keystore file could not be read or written (missing, not a regular file, or an I/O error).",
+  ERR_KEYSTORE_EXISTS: "A file already exists at the keystore path; it is only replaced when overwrite is requested.",
+  ERR_REPLAY_STORE: "The persistent replay store cannot be opened, read or written (locked, corrupt, bad permissions, I/O); envelopes are refused.",
 } as const;
 
 /** A stable error code. */
