@@ -46,11 +46,8 @@ export type FindingKind = "pii" | "secret";
 
 /** Every detector {@link scanContent} knows, with its kind and PII tag. */
 export const DETECTORS = {
-  email: { kind: "pii", piiTag: "pii:email" },
-  phone: { kind: "pii", piiTag: "pii:phone" },
-  card: { kind: "pii", piiTag: "pii:card" },
-  ssn: { kind: "pii", piiTag: "pii:ssn" },
-  iban: { kind: "pii", piiTag: "pii:iban" },
+  private_key: { kind: "secret" },
+  jwt: { kind: "secret" },
   openai_key: { kind: "secret" },
   aws_access_key: { kind: "secret" },
   github_token: { kind: "secret" },
@@ -59,15 +56,21 @@ export const DETECTORS = {
   google_api_key: { kind: "secret" },
   bearer_token: { kind: "secret" },
   basic_auth: { kind: "secret" },
-  jwt: { kind: "secret" },
-  private_key: { kind: "secret" },
+  card: { kind: "pii", piiTag: "pii:card" },
+  iban: { kind: "pii", piiTag: "pii:iban" },
+  ssn: { kind: "pii", piiTag: "pii:ssn" },
+  email: { kind: "pii", piiTag: "pii:email" },
+  phone: { kind: "pii", piiTag: "pii:phone" },
   high_entropy: { kind: "secret" },
 } as const satisfies Record<string, { kind: FindingKind; piiTag?: `pii:${string}` }>;
 
 /** Name of a detector. */
 export type DetectorName = keyof typeof DETECTORS;
 
-/** All detector names, in priority order (earlier wins when spans overlap, see {@link redact}). */
+/**
+ * All detector names, most specific first: when spans overlap, `redact` labels the merged span with the earliest
+ * (a Bearer JWT becomes `[REDACTED:jwt]`).
+ */
 export const DETECTOR_NAMES: readonly DetectorName[] = Object.freeze(Object.keys(DETECTORS) as DetectorName[]);
 
 /**
