@@ -12,7 +12,10 @@
 import { readFileSync, realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
+import { fromBase64url } from "../src/_bytes.js";
+import { verifyAuditLog } from "../src/audit.js";
 import { SealwireError } from "../src/errors.js";
+import { parsePublicIdentity } from "../src/identity.js";
 
 const HELP = `sealwire — signed, sealed, policy-tagged messages between AI agents
 
@@ -20,6 +23,10 @@ Usage:
   sealwire <command> [options]
 
 Commands:
+  audit verify <file> --key <key>
+                     Verify an audit log: hash chain, signed checkpoints, truncation. <key> is the signer's
+                     Ed25519 public key (base64url or hex) or a file holding its public identity (JSON).
+                     Add --allow-open-tail for a live log that has not been closed yet.
   help               Show this help.
   version            Print the version.
 
@@ -50,6 +57,20 @@ function version(): string {
   return "unknown";
 }
 
+/** `--key`: a base64url or hex Ed25519 public key, or a file with a public identity (its `signPub`). */
+function loadVerifyKey(key: string | undefined): Uint8Array {
+  if (!key) throw new SealwireError("ERR_INVALID_ARGUMENT", "audit verify needs --key <signer public key (base64url or hex) or public identity file>");
+  if (/^[0-9a-fA-F]{64}$/.test(key)) return new Uint8Array(Buffer.from(key, "hex"));
+  if (/^[A-Za-z0-9_-]{43}$/.test(key)) return new Uint8Array(Buffer.from(key, "base64url"));
+  let text: string;
+  try {
+    text = readFileSync(key, "utf8");
+  } catch {
+    throw new SealwireError("ERR_INVALID_ARGUMENT", `--key is neither a 32-byte key (base64url/hex) nor a readable file`);
+  }
+  return fromBase64url(parsePublicIdentity(text.trim()).signPub, 32, "signPub");
+}
+
 /** Runs the CLI with `argv` (without node and script) and returns what it would print. */
 export async function run(argv: string[]): Promise<CliResult> {
   const out: string[] = [];
@@ -64,6 +85,8 @@ export async function run(argv: string[]): Promise<CliResult> {
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
         debug: { type: "boolean" },
+        key: { type: "string" },
+        "allow-open-tail": { type: "boolean" },
       },
     });
     debug = values.debug === true;
@@ -75,6 +98,19 @@ export async function run(argv: string[]): Promise<CliResult> {
     if (values.help || cmd === "help" || cmd === undefined) {
       out.push(HELP);
       return { code: cmd === undefined && !values.help ? 2 : 0, stdout: out.join("\n"), stderr: "" };
+    }
+    if (cmd === "audit") {
+      if (positionals[1] !== "verify" || positionals.length !== 3) {
+        throw new SealwireError("ERR_INVALID_ARGUMENT", 'usage: sealwire audit verify <file> --key <signer public key or public identity file>');
+      }
+      const publicKey = loadVerifyKey(values.key);
+      const res = await verifyAuditLog(positionals[2]!, { publicKey, allowOpenTail: values["allow-open-tail"] === true });
+      if (res.ok) {
+        out.push(`OK: ${res.records} records, ${res.checkpoints} signed checkpoints, ${res.segments} segment(s), head ${res.head}`);
+        return { code: 0, stdout: out.join("\n"), stderr: "" };
+      }
+      err.push(`sealwire: ${res.code}: ${positionals[2]} line ${res.line}: ${res.reason}`);
+      return { code: 1, stdout: "", stderr: err.join("\n") };
     }
     throw new SealwireError("ERR_INVALID_ARGUMENT", `unknown command "${cmd.slice(0, 40)}"; run "sealwire --help" for the list`);
   } catch (e) {

@@ -17,7 +17,31 @@
  * ```
  */
 export { Agent, createAgent } from "./agent.js";
-export type { AgentOptions, ReceivedMessage, RequestOptions, SendOptions } from "./agent.js";
+export type { AgentOptions, AuditSink, ReceivedMessage, RequestOptions, SendOptions } from "./agent.js";
+export { ANONYMIZER_ROLE, ATTESTATION_MAX_AGE_MS, createAttestation, verifyAttestation } from "./attestation.js";
+export type { Attestation, VerifiedAttestation } from "./attestation.js";
+export { AuditLog, fileSink, memorySink, verifyAuditLog } from "./audit.js";
+export type { AuditEvent, AuditLogOptions, AuditRecord, AuditSigner, AuditSink as AuditRecordSink, AuditVerifyResult } from "./audit.js";
+export {
+  POLICY_TIMEOUT_MS,
+  allOf,
+  allow,
+  allowAll,
+  allowPairs,
+  anyOf,
+  contentScanner,
+  defaultPolicy,
+  deny,
+  evaluate,
+  piiClearance,
+  rateLimit,
+  sizeLimit,
+} from "./policy.js";
+export type { ContentScannerOptions, Decision, Policy, PolicyContext, PolicyHeader, RateLimitOptions, Stage } from "./policy.js";
+export { DETECTORS, piiTagsOf, scanContent } from "./scanners.js";
+export type { DetectorName, Finding, ScanOptions } from "./scanners.js";
+export { createRedactingLogger, redact, registerSecret, unregisterSecret } from "./redact.js";
+export type { LoggerLike } from "./redact.js";
 export { defaultProvider, nativeProvider, nobleProvider } from "./_crypto.js";
 export type { CryptoProvider } from "./_crypto.js";
 export {
@@ -30,6 +54,7 @@ export {
   ReplayCache,
   decodeEnvelope,
   decodePayload,
+  encodeData,
   encodePayload,
   sealEnvelope,
   verifyEnvelopeSignature,

@@ -1,5 +1,6 @@
 import { describe, expect, it, vi } from "vitest";
 import { run } from "../bin/sealwire.js";
+import { main as crew } from "../examples/crew/index.js";
 import { main as demo } from "../examples/demo.js";
 import { main as quickstart } from "../examples/quickstart.js";
 
@@ -20,6 +21,35 @@ describe("examples run (so they cannot rot)", () => {
     expect(await demo((l) => lines.push(l))).toBe(true);
     expect(lines.filter((l) => l.startsWith("ok  ")).length).toBe(7);
     expect(lines.some((l) => l.startsWith("FAIL"))).toBe(false);
+  });
+
+  it("crew: delivered, denied and attested messages; `sealwire audit verify` passes on its log and fails on an edited copy", async () => {
+    const { mkdtempSync, readFileSync, writeFileSync, rmSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const { tmpdir } = await import("node:os");
+    const dir = mkdtempSync(join(tmpdir(), "crew-test-"));
+    try {
+      const res = await crew(join(dir, "audit.log"), () => {});
+      expect(res.ok).toBe(true);
+      expect(res.lines.filter((l) => l.startsWith("ok  "))).toHaveLength(5);
+      expect(res.lines.some((l) => l.startsWith("attested"))).toBe(true);
+      const good = await run(["audit", "verify", res.auditPath, "--key", res.auditKey]);
+      expect(good.code).toBe(0);
+      expect(good.stdout).toMatch(/^OK: 10 records, 2 signed checkpoints/);
+      const log = readFileSync(res.auditPath, "utf8");
+      expect(log).not.toContain("example.org"); // the PII never reaches the audit trail
+      const edited = join(dir, "edited.log");
+      writeFileSync(edited, log.replace('"reason":"pii_not_cleared"', '"reason":"pii_ok_cleared"'));
+      const bad = await run(["audit", "verify", edited, "--key", res.auditKey]);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toMatch(/^sealwire: ERR_AUDIT_TAMPERED: .* line \d+: hash_mismatch$/);
+      const truncated = join(dir, "truncated.log");
+      writeFileSync(truncated, log.split("\n").slice(0, 5).join("\n") + "\n");
+      expect((await run(["audit", "verify", truncated, "--key", res.auditKey])).stderr).toMatch(/ERR_AUDIT_TRUNCATED/);
+      expect((await run(["audit", "verify", res.auditPath])).stderr).toMatch(/^sealwire: ERR_INVALID_ARGUMENT: audit verify needs --key/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("README's quick-start block is the same code as examples/quickstart.ts", async () => {
