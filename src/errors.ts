@@ -64,6 +64,9 @@ export const ERROR_CODES = {
   ERR_KEYSTORE_IO: "The keystore file could not be read or written (missing, not a regular file, or an I/O error).",
   ERR_KEYSTORE_EXISTS: "A file already exists at the keystore path; it is only replaced when overwrite is requested.",
   ERR_REPLAY_STORE: "The persistent replay store cannot be opened, read or written (locked, corrupt, bad permissions, I/O); envelopes are refused.",
+  ERR_INSECURE_TRANSPORT: "A plaintext wire (ws://) was refused; use wss://, wrap the transport in noise(), or opt in with insecure: true.",
+  ERR_TLS: "The TLS handshake failed: the certificate is expired, for another host, from an untrusted CA, or a required client certificate is missing.",
+  ERR_PROTOCOL: "The peer broke the wire protocol (e.g. a text frame on a binary-only WebSocket); the connection was aborted.",
 } as const;
 
 /** A stable error code. */
