@@ -140,12 +140,20 @@ export interface AuditRecord {
   readonly hash: string;
 }
 
-/** Signs checkpoints. The core `Identity` has this shape. */
-export interface AuditSigner {
+/**
+ * Signs checkpoints with Ed25519. The public key may be named `publicKey` or `signPublicKey`, so the core
+ * `Identity` (which has `id`, `kid`, `signPublicKey` and `sign()`) can be passed as it is.
+ */
+export type AuditSigner = {
   readonly id: string;
   readonly kid: string;
-  readonly publicKey: Uint8Array;
   sign(msg: Uint8Array): Uint8Array | Promise<Uint8Array>;
+} & ({ readonly publicKey: Uint8Array } | { readonly signPublicKey: Uint8Array });
+
+/** The signer's Ed25519 public key, whichever name it goes by. */
+function signerPublicKey(s: AuditSigner): unknown {
+  const o = s as { publicKey?: unknown; signPublicKey?: unknown };
+  return o.publicKey ?? o.signPublicKey;
 }
 
 /** Looks up a checkpoint signer's Ed25519 public key; `undefined` if unknown (the check then fails). */
@@ -853,6 +861,8 @@ type Job = JobSpec & { resolve: (r: AuditRecord) => void; reject: (e: unknown) =
 export class AuditLog {
   readonly #sink: AuditSink;
   readonly #signer: AuditSigner;
+  /** Copied at open: a signer object whose key field changes later cannot redirect verification. */
+  readonly #signerPub: Uint8Array;
   readonly #node: string;
   readonly #every: number;
   readonly #maxPending: number;
@@ -868,7 +878,13 @@ export class AuditLog {
   #closed: Promise<void> | null = null;
   #failed = false;
 
-  private constructor(sink: AuditSink, o: Required<Pick<AuditLogOptions, "signer" | "checkpointEvery" | "node" | "maxPending" | "now">>, hmacKey: Uint8Array) {
+  private constructor(
+    sink: AuditSink,
+    o: Required<Pick<AuditLogOptions, "signer" | "checkpointEvery" | "node" | "maxPending" | "now">>,
+    hmacKey: Uint8Array,
+    signerPub: Uint8Array,
+  ) {
+    this.#signerPub = signerPub;
     this.#sink = sink;
     this.#signer = o.signer;
     this.#node = o.node;
@@ -893,16 +909,17 @@ export class AuditLog {
     }
     const o = options ?? ({} as AuditLogOptions);
     const signer = o.signer;
+    const signerPub = signer !== null && typeof signer === "object" ? signerPublicKey(signer) : undefined;
     if (
       signer === null ||
       typeof signer !== "object" ||
       typeof signer.sign !== "function" ||
-      !(signer.publicKey instanceof Uint8Array) ||
-      signer.publicKey.length !== 32 ||
+      !(signerPub instanceof Uint8Array) ||
+      signerPub.length !== 32 ||
       !ID.safeParse(signer.id).success ||
       !KID.safeParse(signer.kid).success
     ) {
-      throw invalid("AuditLog.open: options.signer must be { id, kid, publicKey: 32 bytes, sign(msg) }");
+      throw invalid("AuditLog.open: options.signer must be { id, kid, publicKey (or signPublicKey): 32 bytes, sign(msg) }");
     }
     const every = o.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY;
     if (!Number.isSafeInteger(every) || every < 1 || every > 1_000_000) {
@@ -927,12 +944,12 @@ export class AuditLog {
       if (SealwireError.is(err)) throw err;
       throw ioError("cannot open the audit sink", err);
     }
-    const log = new AuditLog(sink, { signer, checkpointEvery: every, node, maxPending, now }, hmacKey);
+    const log = new AuditLog(sink, { signer, checkpointEvery: every, node, maxPending, now }, hmacKey, Uint8Array.from(signerPub));
     try {
       const keyOf = (r: AuditRecord): Uint8Array | undefined => {
         const resolved = o.resolveKey?.(r.signer!, r.kid!);
         if (resolved !== undefined) return resolved;
-        return r.signer === signer.id && r.kid === signer.kid ? signer.publicKey : undefined;
+        return r.signer === signer.id && r.kid === signer.kid ? log.#signerPub : undefined;
       };
       const state = analyseTail(opened.size, opened.tail, keyOf);
       await log.#start(state, o.newSegment === true, opened);
@@ -1001,7 +1018,7 @@ export class AuditLog {
     }
     // Verify our own signature: a signer with the wrong key would make every checkpoint unverifiable later.
     if (!(sig instanceof Uint8Array) || sig.length !== 64 ||
-      !defaultProvider.ed25519Verify(defaultProvider.ed25519Public(this.#signer.publicKey), msg, sig)) {
+      !defaultProvider.ed25519Verify(defaultProvider.ed25519Public(this.#signerPub), msg, sig)) {
       throw sealwireError("ERR_CRYPTO_PROVIDER", "the audit signer returned a signature that does not verify under its publicKey");
     }
     this.#since = 0;

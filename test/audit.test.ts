@@ -33,7 +33,7 @@ import {
 import { SealwireError } from "../src/errors.js";
 import { registerSecret, unregisterAllSecrets } from "../src/redact.js";
 
-function makeSigner(id = "node-a", kid = "k1"): AuditSigner & { seed: Uint8Array } {
+function makeSigner(id = "node-a", kid = "k1"): AuditSigner & { publicKey: Uint8Array; seed: Uint8Array } {
   const { key, seed } = defaultProvider.ed25519Generate();
   return { id, kid, publicKey: key.publicKey, seed, sign: (m: Uint8Array) => defaultProvider.ed25519Sign(key, m) };
 }
@@ -666,6 +666,25 @@ describe("ordering, limits and failures", () => {
     await log.append(ev(2));
     await log.close();
     expect(await verifyAuditLog(sink.lines(), pk)).toMatchObject({ ok: true, records: 5 });
+  });
+
+  it("accepts the core Identity shape (signPublicKey, a sign() method that uses this)", async () => {
+    const { key } = defaultProvider.ed25519Generate();
+    class FakeIdentity {
+      readonly id = "node-b";
+      readonly kid = "0123456789abcdef";
+      readonly signPublicKey = key.publicKey;
+      readonly #key = key;
+      sign(m: Uint8Array): Uint8Array {
+        return defaultProvider.ed25519Sign(this.#key, m);
+      }
+    }
+    const sink = memorySink();
+    const log = await AuditLog.open(sink, { signer: new FakeIdentity(), checkpointEvery: 2 });
+    await log.append(ev(1));
+    await log.append(ev(2));
+    await log.close();
+    expect(await verifyAuditLog(sink.lines(), { publicKey: key.publicKey })).toMatchObject({ ok: true, checkpoints: 2 });
   });
 
   it("bad open options are caller errors", async () => {
