@@ -68,6 +68,7 @@ export const ERROR_CODES = {
   ERR_TLS: "The TLS handshake failed: the certificate is expired, for another host, from an untrusted CA, or a required client certificate is missing.",
   ERR_PROTOCOL: "The peer broke the wire protocol (e.g. a text frame on a binary-only WebSocket); the connection was aborted.",
   ERR_UNTRUSTED_PEER: "The remote's Noise static key does not belong to a trusted, unrevoked agent, or is not the expected remote peer.",
+  ERR_AUTH_FAILED: "The server or broker (NATS) refused the credentials: user/password, token or nkey; check them and the account.",
 } as const;
 
 /** A stable error code. */
