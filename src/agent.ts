@@ -17,6 +17,7 @@
  * ```
  */
 import { toHex } from "./_bytes.js";
+import { authMessage, encodeControl, isControlFrame, parseControl } from "./_hub-protocol.js";
 import { createAttestation, verifyAttestation, type VerifiedAttestation } from "./attestation.js";
 import type { AuditEvent } from "./audit.js";
 import { SealwireError, sealwireError } from "./errors.js";
@@ -56,6 +57,15 @@ export interface AgentOptions {
   listen?: string | false;
   /** Explicit addresses for peers (override the trust entry's address and the transport default). */
   addresses?: Record<string, string>;
+  /**
+   * Hub mode: reach every peer through the hub at this address (one connection, no listener). The agent
+   * authenticates to the hub, acknowledges what it processed, and reconnects with jittered backoff.
+   */
+  hub?: string;
+  /** The hub's agent id: the hub must prove this identity (it must be in `trust`). Required in hub mode. */
+  hubPeer?: string;
+  /** Reconnect backoff in hub mode. @default { minMs: 100, maxMs: 5000 } */
+  reconnect?: { minMs?: number; maxMs?: number };
   /** @default 1 MiB */
   maxEnvelopeBytes?: number;
   /** @default 30 s */
@@ -102,6 +112,12 @@ export interface SendOptions {
    * from a trusted agent holding the `anonymizer` role.
    */
   attestation?: { input: Pick<ReceivedMessage, "id" | "digest">; policy: string };
+  /**
+   * Hub mode: resolve only once the recipient agent acknowledged the envelope; reject with the hub's refusal
+   * code, or `ERR_DELIVERY_UNCONFIRMED` if the hub connection ends first. Ignored for direct transports, where
+   * `send` resolves when the transport accepted the frame.
+   */
+  waitForDelivery?: boolean;
 }
 
 /** Options for {@link Agent.request}. */
@@ -157,6 +173,11 @@ export class Agent {
   readonly #policyTimeoutMs: number;
   readonly #nacks = new Map<string, { start: number; count: number }>();
   #selfEntry: TrustEntry | undefined;
+  #hubConn: Promise<Connection> | undefined;
+  #hubReady: Connection | undefined;
+  #reconnectTimer: NodeJS.Timeout | undefined;
+  #reconnectDelay = 0;
+  readonly #deliveryWaiters = new Map<string, { resolve: () => void; reject: (e: unknown) => void }>();
   #listener: Listener | undefined;
   #closed = false;
 
@@ -195,6 +216,13 @@ export class Agent {
 
   /** @internal */
   async start(): Promise<void> {
+    if (this.#opts.hub !== undefined) {
+      if (typeof this.#opts.hub !== "string") throw sealwireError("ERR_INVALID_ARGUMENT", "hub must be an address string");
+      assertAgentId(this.#opts.hubPeer, "hubPeer (the hub's agent id)");
+      this.#trust.require(this.#opts.hubPeer);
+      await this.#hubConnection(undefined);
+      return;
+    }
     const listen = this.#opts.listen ?? this.#transport.addressFor?.(this.id);
     if (listen === false) return;
     if (listen === undefined) {
@@ -290,7 +318,15 @@ export class Agent {
       ...(options.type !== undefined ? { type: options.type } : {}),
       ...(replyTo !== undefined ? { replyTo } : {}),
     });
-    await this.#deliverFrame(to, sealed.bytes, options.signal);
+    const confirmed = options.waitForDelivery && this.#opts.hub !== undefined ? this.#awaitDelivery(id) : undefined;
+    try {
+      await this.#deliverFrame(to, sealed.bytes, options.signal);
+    } catch (e) {
+      this.#deliveryWaiters.delete(id);
+      confirmed?.catch(() => {});
+      throw e;
+    }
+    await confirmed;
     await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
     return { id, header: sealed.header };
   }
@@ -311,6 +347,7 @@ export class Agent {
       } catch (e) {
         if (SealwireError.is(e, "ERR_CONNECTION_CLOSED") || SealwireError.is(e, "ERR_CONNECTION_ABORTED")) {
           this.#outbound.delete(to);
+          if (this.#hubReady === conn) this.#hubLost(conn);
           if (attempt === 0) continue;
         }
         throw e;
@@ -319,6 +356,7 @@ export class Agent {
   }
 
   #connection(to: string, signal: AbortSignal | undefined): Promise<Connection> {
+    if (this.#opts.hub !== undefined) return this.#hubConnection(signal);
     const cached = this.#outbound.get(to);
     if (cached) return cached;
     const addr = this.#opts.addresses?.[to] ?? this.#trust.get(to)?.address ?? this.#transport.addressFor?.(to);
@@ -452,15 +490,180 @@ export class Agent {
     }
   }
 
-  /** Returns false if the frame was refused. */
-  async #handleFrame(frame: Uint8Array): Promise<boolean> {
+  #awaitDelivery(id: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => this.#deliveryWaiters.set(id, { resolve, reject }));
+  }
+
+  /** The authenticated hub connection, (re)connecting as needed. */
+  #hubConnection(signal: AbortSignal | undefined): Promise<Connection> {
+    if (this.#closed) return Promise.reject(sealwireError("ERR_CLOSED", `agent "${this.id}" was closed`));
+    if (this.#hubConn) return this.#hubConn;
+    const hubPeer = this.#opts.hubPeer!;
+    const p = (async () => {
+      const conn = await this.#transport.dial(this.#opts.hub!, { remotePeer: hubPeer, ...(signal ? { signal } : {}) });
+      const frames = conn[Symbol.asyncIterator]();
+      try {
+        await this.#hubAuth(conn, frames, hubPeer);
+      } catch (e) {
+        conn.abort(SealwireError.is(e) ? e : sealwireError("ERR_HUB_AUTH", "hub authentication failed"));
+        throw e;
+      }
+      if (this.#closed) {
+        conn.abort(sealwireError("ERR_CLOSED", "agent closed"));
+        throw sealwireError("ERR_CLOSED", `agent "${this.id}" was closed`);
+      }
+      this.#hubReady = conn;
+      this.#reconnectDelay = 0;
+      // Notice a lost hub even while the read loop waits for inbox space (a slow application).
+      void conn.closed.then(() => this.#hubLost(conn));
+      void this.#hubLoop(conn, frames);
+      return conn;
+    })();
+    this.#hubConn = p;
+    p.catch(() => {
+      if (this.#hubConn === p) {
+        this.#hubConn = undefined;
+        this.#scheduleReconnect();
+      }
+    });
+    return p;
+  }
+
+  async #hubAuth(conn: Connection, frames: AsyncIterator<Uint8Array>, hubPeer: string): Promise<void> {
+    const deadline = AbortSignal.timeout(10_000);
+    const nextFrame = async (): Promise<Uint8Array> => {
+      const r = await Promise.race([
+        frames.next(),
+        new Promise<never>((_, reject) => deadline.addEventListener("abort", () => reject(sealwireError("ERR_TIMEOUT", "hub did not answer in time")), { once: true })),
+      ]);
+      if (r.done) throw sealwireError("ERR_HUB_AUTH", "the hub closed the connection during authentication");
+      return r.value;
+    };
+    if (conn.remotePeer !== undefined) {
+      // The secure channel (Noise) already proved who the hub is.
+      if (conn.remotePeer !== hubPeer) throw sealwireError("ERR_HUB_AUTH", `expected hub "${hubPeer}", reached "${conn.remotePeer}"`);
+    } else {
+      const p = this.#identity.provider;
+      const nonceA = p.randomBytes(32);
+      conn.send(encodeControl({ kind: "sw-hello", agent: this.id, nonce: nonceA }));
+      const ch = parseControl(await nextFrame());
+      if (ch?.kind !== "sw-challenge" || ch.hub !== hubPeer) throw sealwireError("ERR_HUB_AUTH", `expected a challenge from hub "${hubPeer}"`);
+      const hub = this.#trust.require(hubPeer);
+      const tp = this.#trust.provider;
+      if (!tp.ed25519Verify(tp.ed25519Public(hub.signPublicKey), authMessage("hub", this.id, hubPeer, nonceA, ch.nonce), ch.sig)) {
+        throw sealwireError("ERR_HUB_AUTH", `the hub failed to prove it is "${hubPeer}"`);
+      }
+      conn.send(encodeControl({ kind: "sw-auth", sig: this.#identity.sign(authMessage("agent", this.id, hubPeer, nonceA, ch.nonce)) }));
+    }
+    const ready = parseControl(await nextFrame());
+    if (ready?.kind !== "sw-ready") throw sealwireError("ERR_HUB_AUTH", "the hub refused this agent (is it in the hub's trust store?)");
+  }
+
+  async #hubLoop(conn: Connection, frames: AsyncIterator<Uint8Array>): Promise<void> {
+    this.#inbound.add(conn);
+    let refusedInARow = 0;
+    try {
+      for (;;) {
+        const r = await frames.next();
+        if (r.done || this.#closed) break;
+        const frame = r.value;
+        if (isControlFrame(frame)) {
+          this.#onHubControl(frame);
+          continue;
+        }
+        const ok = await this.#handleFrame(frame, (id) => {
+          try {
+            conn.send(encodeControl({ kind: "sw-ack", id }));
+          } catch {
+            /* the hub is going away; it will not expect the ack */
+          }
+        });
+        refusedInARow = ok ? 0 : refusedInARow + 1;
+        if (refusedInARow >= REFUSED_FRAMES_BEFORE_CUT) {
+          conn.abort(sealwireError("ERR_CONNECTION_ABORTED", "too many refused envelopes from the hub"));
+          break;
+        }
+      }
+    } catch (e) {
+      if (!this.#closed && !SealwireError.is(e, "ERR_CONNECTION_ABORTED") && !SealwireError.is(e, "ERR_CONNECTION_CLOSED")) this.#report(e);
+    } finally {
+      this.#inbound.delete(conn);
+      this.#hubLost(conn);
+    }
+  }
+
+  #onHubControl(frame: Uint8Array): void {
+    const c = parseControl(frame);
+    if (c?.kind === "sw-delivered") {
+      const w = this.#deliveryWaiters.get(c.id);
+      this.#deliveryWaiters.delete(c.id);
+      w?.resolve();
+    } else if (c?.kind === "sw-refused") {
+      const err = sealwireError(c.code, `the hub refused ${c.id}${c.reason ? `: ${c.reason}` : ""}`, { envelopeId: c.id, ...(c.reason ? { reason: c.reason } : {}) });
+      const w = this.#deliveryWaiters.get(c.id);
+      this.#deliveryWaiters.delete(c.id);
+      w?.reject(err);
+      const pending = this.#pending.get(c.id);
+      if (pending) {
+        this.#pending.delete(c.id);
+        clearTimeout(pending.timer);
+        pending.reject(err);
+      }
+      this.#report(err);
+    } else {
+      this.#report(sealwireError("ERR_DECODE", "unexpected control frame from the hub"));
+    }
+  }
+
+  /** The hub connection ended: unconfirmed deliveries fail, and the agent reconnects. */
+  #hubLost(conn: Connection): void {
+    if (this.#hubReady !== conn) return;
+    this.#hubReady = undefined;
+    this.#hubConn = undefined;
+    conn.abort(sealwireError("ERR_CONNECTION_ABORTED", "hub connection lost"));
+    for (const [id, w] of this.#deliveryWaiters) {
+      w.reject(sealwireError("ERR_DELIVERY_UNCONFIRMED", `the hub connection ended before ${id} was confirmed delivered; it may or may not have arrived`, { envelopeId: id }));
+    }
+    this.#deliveryWaiters.clear();
+    if (!this.#closed) this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect(): void {
+    if (this.#closed || this.#reconnectTimer || this.#opts.hub === undefined) return;
+    const min = this.#opts.reconnect?.minMs ?? 100;
+    const max = this.#opts.reconnect?.maxMs ?? 5000;
+    this.#reconnectDelay = Math.min(max, Math.max(min, this.#reconnectDelay * 2));
+    // Full jitter: spread reconnecting agents so a restarted hub is not hit by all of them at once.
+    const delay = Math.round(min + Math.random() * (this.#reconnectDelay - min));
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = undefined;
+      this.#hubConnection(undefined).catch((e) => this.#report(e));
+    }, delay);
+    this.#reconnectTimer.unref?.();
+  }
+
+  /** Returns false if the frame was refused. `ack` is called with the envelope id once it was processed. */
+  async #handleFrame(frame: Uint8Array, ack?: (id: string) => void): Promise<boolean> {
     let env: VerifiedEnvelope;
     try {
       env = this.#opener.verify(frame);
     } catch (e) {
       this.#report(e);
+      // Acknowledge refusals of well-formed envelopes too: the hub must not wait for them.
+      if (ack) {
+        const id = SealwireError.is(e) ? e.envelopeId : undefined;
+        if (id) ack(id);
+      }
       return false;
     }
+    try {
+      return await this.#handleVerified(frame, env);
+    } finally {
+      ack?.(env.header.id);
+    }
+  }
+
+  async #handleVerified(frame: Uint8Array, env: VerifiedEnvelope): Promise<boolean> {
     const h = env.header;
     const me = this.#self();
     const system = h.type.startsWith("sw.");
@@ -654,6 +857,10 @@ export class Agent {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#reconnectTimer);
+    for (const [id, w] of this.#deliveryWaiters) w.reject(sealwireError("ERR_CLOSED", `agent closed before ${id} was confirmed`, { envelopeId: id }));
+    this.#deliveryWaiters.clear();
+    const hubConn = this.#hubConn;
     for (const fn of this.#cleanups) fn();
     for (const [id, p] of this.#pending) {
       clearTimeout(p.timer);
@@ -663,6 +870,7 @@ export class Agent {
     for (const w of this.#inboxWaiters.splice(0)) w();
     for (const w of this.#spaceWaiters.splice(0)) w();
     const closing: Promise<unknown>[] = [];
+    if (hubConn) closing.push(hubConn.then((c) => c.close()).catch(() => {}));
     if (this.#listener) closing.push(this.#listener.close());
     for (const p of this.#outbound.values()) closing.push(p.then((c) => c.close()).catch(() => {}));
     for (const c of this.#inbound) closing.push(c.close().catch(() => {}));

@@ -69,6 +69,9 @@ export const ERROR_CODES = {
   ERR_PROTOCOL: "The peer broke the wire protocol (e.g. a text frame on a binary-only WebSocket); the connection was aborted.",
   ERR_UNTRUSTED_PEER: "The remote's Noise static key does not belong to a trusted, unrevoked agent, or is not the expected remote peer.",
   ERR_AUTH_FAILED: "The server or broker (NATS) refused the credentials: user/password, token or nkey; check them and the account.",
+  ERR_HUB_AUTH: "Authentication between an agent and the hub failed: wrong hub identity, untrusted agent, or a bad proof.",
+  ERR_DELIVERY_UNCONFIRMED: "The hub connection ended before the recipient acknowledged the envelope; it may or may not have arrived.",
+  ERR_WRONG_SENDER: "An envelope's sender is not the agent authenticated on that connection.",
 } as const;
 
 /** A stable error code. */
