@@ -72,6 +72,8 @@ export const ERROR_CODES = {
   ERR_HUB_AUTH: "Authentication between an agent and the hub failed: wrong hub identity, untrusted agent, or a bad proof.",
   ERR_DELIVERY_UNCONFIRMED: "The hub connection ended before the recipient acknowledged the envelope; it may or may not have arrived.",
   ERR_WRONG_SENDER: "An envelope's sender is not the agent authenticated on that connection.",
+  ERR_TRUST_FILE: "A trust file is missing, malformed, or writable by others; the message says which and what to run.",
+  ERR_INTERNAL: "An unexpected failure inside sealwire or a dependency; run with --debug and report it.",
 } as const;
 
 /** A stable error code. */
