@@ -2,6 +2,8 @@ import { describe, expect, it, vi } from "vitest";
 import { run } from "../bin/sealwire.js";
 import { main as crew } from "../examples/crew/index.js";
 import { main as demo } from "../examples/demo.js";
+import { main as memoryDemo } from "../examples/memory-demo.js";
+import { main as twoProcesses } from "../examples/two-processes/index.js";
 import { main as quickstart } from "../examples/quickstart.js";
 
 describe("examples run (so they cannot rot)", () => {
@@ -16,12 +18,24 @@ describe("examples run (so they cannot rot)", () => {
     }
   });
 
-  it("demo: every step behaves as described", async () => {
+  it("memory demo: every step behaves as described", async () => {
     const lines: string[] = [];
-    expect(await demo((l) => lines.push(l))).toBe(true);
+    expect(await memoryDemo((l) => lines.push(l))).toBe(true);
     expect(lines.filter((l) => l.startsWith("ok  ")).length).toBe(7);
     expect(lines.some((l) => l.startsWith("FAIL"))).toBe(false);
   });
+
+  it("npm run demo: hub and three agents as processes: delivered, PII denied, audit verified", async () => {
+    const lines: string[] = [];
+    expect(await demo((l) => lines.push(l)), lines.join("\n")).toBe(true);
+    expect(lines.filter((l) => l.startsWith("ok  ")).length).toBe(6);
+  }, 90_000);
+
+  it("two-processes: a hub and two agents as three processes over Noise/WebSocket", async () => {
+    const lines: string[] = [];
+    expect(await twoProcesses((l) => lines.push(l)), lines.join("\n")).toBe(true);
+    expect(lines.some((l) => l.includes("hello from another process"))).toBe(true);
+  }, 90_000);
 
   it("crew: delivered, denied and attested messages; `sealwire audit verify` passes on its log and fails on an edited copy", async () => {
     const { mkdtempSync, readFileSync, writeFileSync, rmSync } = await import("node:fs");
