@@ -160,10 +160,10 @@ const DEFAULT_DURABLE = {
   storage: "file" as "file" | "memory",
   maxAgeMs: 24 * 60 * 60_000,
   maxBytes: 1024 * MiB,
-  ackWaitMs: 30_000,
+  ackWaitMs: 4_000,
   maxAckPending: 256,
-  pullExpiresMs: 2_000,
-  publishTimeoutMs: 2_000,
+  pullExpiresMs: 1_000,
+  publishTimeoutMs: 1_000,
   publishRetryMs: 60_000,
   duplicateWindowMs: 120_000,
   dedupeWindow: 65_536,
@@ -205,13 +205,17 @@ export interface NatsDurableInit {
   maxAgeMs?: number;
   /** Stream size limit; publishes fail (and are retried) when it is full, nothing is silently dropped. @default 1 GiB */
   maxBytes?: number;
-  /** A delivered frame not acknowledged within this time is redelivered. @default 30000 */
+  /**
+   * A delivered frame not acknowledged within this time is redelivered. Frames the listener holds (queued for a
+   * slow reader) are kept alive with progress acks, so this only bounds how long a delivery lost in a failover
+   * (the server that sent it died) waits before JetStream sends it again. @default 4000
+   */
   ackWaitMs?: number;
   /** Frames delivered to a listener but not yet acknowledged (bounds the listener's memory). @default 256 */
   maxAckPending?: number;
-  /** Pull request expiry; heartbeats are expected every half of it, and two missed ones re-pull. Min 1000. @default 2000 */
+  /** Pull request expiry; heartbeats are expected every half of it, and two missed ones re-pull. Min 1000. @default 1000 */
   pullExpiresMs?: number;
-  /** Time to wait for one publish acknowledgement before retrying it. @default 2000 */
+  /** Time to wait for one publish acknowledgement before retrying it. @default 1000 */
   publishTimeoutMs?: number;
   /** A frame that could not be stored for this long aborts its connection with `ERR_TIMEOUT`. @default 60000 */
   publishRetryMs?: number;
@@ -1322,7 +1326,7 @@ class CoreConnection implements Connection {
       return;
     }
     if (this.#inbox.bytes + cost > this.#recvLimit) {
-      this.#protocolError(sealwireError("ERR_QUEUE_FULL", "the peer sent past this connection's receive window"));
+      this.#protocolError(sealwireError("ERR_PROTOCOL", "the peer sent past this connection's receive window (it ignores flow control)"));
       return;
     }
     this.#inbox.push(copyBody(data, HEADER_BYTES));
@@ -1900,6 +1904,8 @@ interface Entry {
   readonly key: string;
   readonly seq: number;
   msg: JsMsg;
+  /** When JetStream last heard about this delivery (delivered, or a progress ack). */
+  touched: number;
 }
 
 /**
@@ -1920,6 +1926,7 @@ class DurableListener implements Listener, SessionUser {
   #mailbox: Mailbox | undefined;
   #offered: Mailbox | undefined;
   #messages: ConsumerMessages | undefined;
+  #progressTimer: NodeJS.Timeout | undefined;
   #isClosed = false;
   #stopped = false;
   #iterated = false;
@@ -1958,6 +1965,22 @@ class DurableListener implements Listener, SessionUser {
         throw mapNatsError(err2, "creating the durable consumer");
       }
     }
+    // Frames held for a slow reader must not be redelivered (ack_wait is short so that deliveries lost in a
+    // failover come back quickly): tell JetStream they are in progress.
+    const every = Math.max(250, Math.floor(d.ackWaitMs / 3));
+    this.#progressTimer = setInterval(() => {
+      const now = performance.now();
+      for (const e of this.#pendingBySeq.values()) {
+        if (now - e.touched < every) continue;
+        e.touched = now;
+        try {
+          e.msg.working();
+        } catch {
+          /* connection gone: redelivery will follow */
+        }
+      }
+    }, every);
+    this.#progressTimer.unref();
     void this.#pullLoop();
   }
 
@@ -2006,6 +2029,7 @@ class DurableListener implements Listener, SessionUser {
     const queued = this.#pendingBySeq.get(m.seq);
     if (queued !== undefined) {
       queued.msg = m; // redelivered while still queued: keep one copy, acknowledge the newest delivery
+      queued.touched = performance.now();
       return;
     }
     if (this.#pendingByKey.has(key)) {
@@ -2017,7 +2041,7 @@ class DurableListener implements Listener, SessionUser {
       m.nak(1000); // nobody reads, or the reader is far behind: let JetStream hold it
       return;
     }
-    const entry: Entry = { frame, key, seq: m.seq, msg: m };
+    const entry: Entry = { frame, key, seq: m.seq, msg: m, touched: performance.now() };
     this.#pendingBySeq.set(m.seq, entry);
     this.#pendingByKey.set(key, entry);
     mailbox.inbox.push(entry);
@@ -2093,6 +2117,7 @@ class DurableListener implements Listener, SessionUser {
   #maybeStop(): void {
     if (this.#stopped || !this.#isClosed || (this.#mailbox !== undefined && !this.#mailbox.ended)) return;
     this.#stopped = true;
+    clearInterval(this.#progressTimer);
     this.#messages?.stop();
     this.release([...this.#pendingBySeq.values()]);
     this.#session.users.delete(this);
@@ -2442,4 +2467,4 @@ export function natsSubjectFor(namespace: string, agentId: string): string {
 }
 
 /** The error codes this module raises beyond the shared transport ones, for documentation. */
-export const NATS_ERROR_CODES: readonly ErrorCode[] = ["ERR_INSECURE_TRANSPORT", "ERR_AUTH_FAILED", "ERR_TLS"];
+export const NATS_ERROR_CODES: readonly ErrorCode[] = ["ERR_INSECURE_TRANSPORT", "ERR_AUTH_FAILED", "ERR_TLS", "ERR_PROTOCOL"];
