@@ -30,7 +30,8 @@ import { decodeStrict, encode } from "./codec.js";
 import { sealwireError } from "./errors.js";
 import { setupAuthR, setupAuthS } from "./hpke.js";
 import { AGENT_ID_RE, type Identity } from "./identity.js";
-import { PII_TAG_RE, safeId, type TrustEntry, type TrustStore } from "./trust.js";
+import type { ReplayGuard } from "./replay-guard.js";
+import { PII_TAG_RE, type TrustEntry, type TrustStore } from "./trust.js";
 
 /** Envelope format version. */
 export const ENVELOPE_VERSION = 1;
@@ -256,21 +257,19 @@ export function decodeEnvelope(bytes: Uint8Array, maxBytes = MAX_ENVELOPE_BYTES)
 /**
  * known, unrevoked sender → signature. Returns the sender's trust entry. For relays (the hub) and recipients.
  */
-export function verifyEnvelopeSignature(env: DecodedEnvelope, trust: TrustStore): TrustEntry {
+export function verifyEnvelopeSignature(env: DecodedEnvelope, trust: TrustStore, now = Date.now()): TrustEntry {
   const h = env.header;
-  const sender = trust.require(h.from);
-  if (sender.identity.kid !== h.senderKid) {
-    // A kid we do not know for this sender: treat as a bad signature (we cannot verify it), not a crash.
-    throw sealwireError("ERR_BAD_SIGNATURE", `envelope ${h.id} is signed with an unknown key of "${safeId(h.from)}"`, { envelopeId: h.id });
-  }
+  // The current key, or the previous one during a rotation's overlap window (ERR_KEY_RETIRED after it).
+  const keys = trust.keysFor(h.from, h.senderKid, now);
   const p = trust.provider;
-  const ok = p.ed25519Verify(p.ed25519Public(sender.signPublicKey), signedBytes(env.headerBytes, env.ciphertext), env.signature);
+  const ok = p.ed25519Verify(p.ed25519Public(keys.signPublicKey), signedBytes(env.headerBytes, env.ciphertext), env.signature);
   if (!ok) throw sealwireError("ERR_BAD_SIGNATURE", `envelope ${h.id} has an invalid signature`, { envelopeId: h.id });
-  return sender;
+  // Decryption must use the sealing key of the same key set.
+  return keys.kid === keys.entry.identity.kid ? keys.entry : Object.freeze({ ...keys.entry, signPublicKey: keys.signPublicKey, sealPublicKey: keys.sealPublicKey });
 }
 
 /** Bounded set of accepted envelope ids, each kept until its ttl window (plus skew) has passed. */
-export class ReplayCache {
+export class ReplayCache implements ReplayGuard {
   readonly #seen = new Map<string, number>();
   readonly maxEntries: number;
   constructor(maxEntries = 100_000) {
@@ -305,15 +304,18 @@ export interface OpenerOptions {
   maxEnvelopeBytes?: number;
   /** @default DEFAULT_CLOCK_SKEW_MS */
   clockSkewMs?: number;
-  /** @default a new ReplayCache() */
-  replay?: ReplayCache;
+  /** @default a new ReplayCache() (in memory); a PersistentReplayCache survives restarts */
+  replay?: ReplayGuard;
   /** Clock, for tests. @default Date.now */
   now?: () => number;
 }
 
 /** An envelope that passed every check before decryption. */
 export interface VerifiedEnvelope extends DecodedEnvelope {
+  /** The sender's entry, with the key set the envelope's kid names. */
   readonly sender: TrustEntry;
+  /** The identity (current or, during a rotation overlap, previous) the envelope is sealed to. */
+  readonly recipient: Identity;
 }
 
 /** The result of {@link EnvelopeOpener.open}. */
@@ -325,11 +327,12 @@ export interface OpenedEnvelope {
 
 /** Opens envelopes addressed to one identity, in the documented order of checks. */
 export class EnvelopeOpener {
-  readonly #identity: Identity;
+  #identity: Identity;
+  #previous: { identity: Identity; until: number } | undefined;
   readonly #trust: TrustStore;
   readonly #max: number;
   readonly #skew: number;
-  readonly #replay: ReplayCache;
+  readonly #replay: ReplayGuard;
   readonly #now: () => number;
 
   constructor(options: OpenerOptions) {
@@ -343,16 +346,32 @@ export class EnvelopeOpener {
     if (!Number.isInteger(this.#skew) || this.#skew < 0) throw sealwireError("ERR_INVALID_ARGUMENT", "clockSkewMs must be a non-negative integer");
   }
 
+  /**
+   * Switches to a new identity (after a rotation) while still opening envelopes sealed to the previous one until
+   * `previousUntil`. The caller closes the previous identity after that.
+   */
+  rotateTo(next: Identity, previousUntil: number): void {
+    if (next.id !== this.#identity.id) throw sealwireError("ERR_INVALID_ARGUMENT", "a rotated identity must keep the agent id");
+    this.#previous = { identity: this.#identity, until: previousUntil };
+    this.#identity = next;
+  }
+
   /** Every check up to and including replay. Records the id as seen. */
   verify(bytes: Uint8Array): VerifiedEnvelope {
+    const now = this.#now();
     const env = decodeEnvelope(bytes, this.#max);
-    const sender = verifyEnvelopeSignature(env, this.#trust);
+    const sender = verifyEnvelopeSignature(env, this.#trust, now);
     const h = env.header;
-    const me = this.#identity;
+    let me = this.#identity;
+    if (this.#previous && h.recipientKid === this.#previous.identity.kid && h.to === me.id) {
+      if (now > this.#previous.until || this.#previous.identity.closed) {
+        throw sealwireError("ERR_KEY_RETIRED", `envelope ${h.id} is sealed to a retired key of "${me.id}"`, { envelopeId: h.id });
+      }
+      me = this.#previous.identity;
+    }
     if (h.to !== me.id || h.recipientKid !== me.kid) {
       throw sealwireError("ERR_WRONG_RECIPIENT", `envelope ${h.id} is addressed to another agent or key`, { envelopeId: h.id });
     }
-    const now = this.#now();
     if (now > h.createdAt + h.ttlMs + this.#skew) {
       throw sealwireError("ERR_EXPIRED", `envelope ${h.id} expired`, { envelopeId: h.id });
     }
@@ -363,12 +382,12 @@ export class EnvelopeOpener {
     if (!this.#replay.checkAndAdd(`${h.from}/${h.id}`, h.createdAt + h.ttlMs + this.#skew, now)) {
       throw sealwireError("ERR_REPLAY", `envelope ${h.id} was already received`, { envelopeId: h.id });
     }
-    return { ...env, sender };
+    return { ...env, sender, recipient: me };
   }
 
   /** Decrypts a verified envelope. */
   decrypt(env: VerifiedEnvelope): Uint8Array {
-    const me = this.#identity;
+    const me = env.recipient;
     const p = me.provider;
     const ctx = setupAuthR(p, env.wire.enc, me.sealingKey(), HPKE_INFO, p.x25519Public(env.sender.sealPublicKey));
     try {

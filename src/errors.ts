@@ -74,6 +74,8 @@ export const ERROR_CODES = {
   ERR_WRONG_SENDER: "An envelope's sender is not the agent authenticated on that connection.",
   ERR_TRUST_FILE: "A trust file is missing, malformed, or writable by others; the message says which and what to run.",
   ERR_INTERNAL: "An unexpected failure inside sealwire or a dependency; run with --debug and report it.",
+  ERR_KEY_RETIRED: "The envelope uses a key that was rotated out and whose overlap window has passed.",
+  ERR_STATEMENT_INVALID: "A key rotation or revocation statement is malformed, stale, or not signed by a key allowed to make it.",
 } as const;
 
 /** A stable error code. */

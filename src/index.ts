@@ -42,6 +42,26 @@ export { DETECTORS, piiTagsOf, scanContent } from "./scanners.js";
 export type { DetectorName, Finding, ScanOptions } from "./scanners.js";
 export { createRedactingLogger, redact, registerSecret, unregisterSecret } from "./redact.js";
 export type { LoggerLike } from "./redact.js";
+export {
+  DEFAULT_KDF,
+  keystoreIdentity,
+  loadIdentity,
+  passphraseFromEnv,
+  passphraseFromFd,
+  passphraseFromFile,
+  readPublicIdentity,
+  resolveIdentity,
+  saveIdentity,
+} from "./keystore.js";
+export type { IdentityProvider, KdfParams, LoadOptions, Passphrase, SaveOptions } from "./keystore.js";
+export type { ReplayGuard } from "./replay-guard.js";
+export { PersistentReplayCache } from "./replay-store.js";
+export type { ReplayStoreOptions } from "./replay-store.js";
+export { createHub, Hub } from "./hub.js";
+export type { HubOptions } from "./hub.js";
+export { loadTrustFile, saveTrustFile } from "./trust-file.js";
+export { ADMIN_ROLE, DEFAULT_OVERLAP_MS, createRevocation, parseStatement, rotateIdentity } from "./statements.js";
+export type { KeyStatement, RevocationStatement, RotationStatement } from "./statements.js";
 export { defaultProvider, nativeProvider, nobleProvider } from "./_crypto.js";
 export type { CryptoProvider } from "./_crypto.js";
 export {
@@ -78,4 +98,4 @@ export type { IdentityOptions, IdentitySecrets, PublicIdentity } from "./identit
 export { isTransport, transportSymbol } from "./transport.js";
 export type { AbortOptions, Connection, DialOptions, ListenOptions, Listener, Transport } from "./transport.js";
 export { PII_TAG_RE, ROLE_RE, TrustStore } from "./trust.js";
-export type { TrustEntry, TrustOptions } from "./trust.js";
+export type { KeyView, PreviousKeys, StatementResult, TrustEntry, TrustOptions } from "./trust.js";

@@ -17,6 +17,15 @@ import { fromBase64url, toHex } from "./_bytes.js";
 import { defaultProvider, type CryptoProvider } from "./_crypto.js";
 import { sealwireError } from "./errors.js";
 import { assertAgentId, parsePublicIdentity, type PublicIdentity } from "./identity.js";
+import {
+  ADMIN_ROLE,
+  DEFAULT_OVERLAP_MS,
+  STATEMENT_MAX_AGE_MS,
+  keyBytes,
+  parseStatement,
+  revocationSignedBytes,
+  rotationSignedBytes,
+} from "./statements.js";
 
 /** PII clearance / tag names: `pii:<name>`. */
 export const PII_TAG_RE = /^pii:[a-z0-9][a-z0-9_-]{0,31}$/;
@@ -36,7 +45,30 @@ export interface TrustEntry {
   readonly revoked: boolean;
   /** Transport address to reach the peer at, if not implied by the transport. */
   readonly address: string | undefined;
+  /** After a rotation: the previous keys, still accepted until `validUntil` (ms since the epoch). */
+  readonly previous?: PreviousKeys | undefined;
 }
+
+/** Keys replaced by a rotation, accepted during the overlap window. */
+export interface PreviousKeys {
+  readonly kid: string;
+  readonly signPublicKey: Uint8Array;
+  readonly sealPublicKey: Uint8Array;
+  readonly validUntil: number;
+}
+
+/** The keys to use for one message: the entry, and the key set its kid names. */
+export interface KeyView {
+  readonly entry: TrustEntry;
+  readonly kid: string;
+  readonly signPublicKey: Uint8Array;
+  readonly sealPublicKey: Uint8Array;
+}
+
+/** What {@link TrustStore.applyStatement} did. */
+export type StatementResult =
+  | { readonly kind: "rotation"; readonly id: string; readonly oldKid: string; readonly newKid: string; readonly applied: boolean }
+  | { readonly kind: "revocation"; readonly id: string; readonly kid: string; readonly by: string; readonly applied: boolean };
 
 /** Options for {@link TrustStore.add}. */
 export interface TrustOptions {
@@ -131,6 +163,84 @@ export class TrustStore {
     const id = this.#bySealKey.get(toHex(sealPublicKey));
     const e = id === undefined ? undefined : this.#byId.get(id);
     return e && !e.revoked ? e : undefined;
+  }
+
+  /**
+   * The keys of `id` that `kid` names: the current ones, or the previous ones during a rotation's overlap window.
+   * Throws ERR_UNKNOWN_PEER / ERR_REVOKED_PEER, ERR_KEY_RETIRED for a previous key past its window, and
+   * ERR_BAD_SIGNATURE for a kid this store never knew for that agent.
+   */
+  keysFor(id: string, kid: string, now = Date.now()): KeyView {
+    const e = this.require(id);
+    if (e.identity.kid === kid) return { entry: e, kid, signPublicKey: e.signPublicKey, sealPublicKey: e.sealPublicKey };
+    if (e.previous && e.previous.kid === kid) {
+      if (now > e.previous.validUntil) {
+        throw sealwireError("ERR_KEY_RETIRED", `key ${kid} of "${e.id}" was rotated out and its overlap window has passed`);
+      }
+      return { entry: e, kid, signPublicKey: e.previous.signPublicKey, sealPublicKey: e.previous.sealPublicKey };
+    }
+    throw sealwireError("ERR_BAD_SIGNATURE", `"${e.id}" has no key ${kid} in the trust store`);
+  }
+
+  /**
+   * Verifies and applies a signed rotation or revocation statement (from `rotateIdentity` / `createRevocation`,
+   * relayed by anyone). Rotations keep the old keys for `overlapMs`. Revocations must be signed by the key they
+   * revoke or by a trusted agent with the `admin` role. Throws ERR_STATEMENT_INVALID (bad shape, signature,
+   * signer or age) without changing anything; statements already applied return `applied: false`.
+   */
+  applyStatement(bytes: Uint8Array, options: { overlapMs?: number; now?: number } = {}): StatementResult {
+    const now = options.now ?? Date.now();
+    const st = parseStatement(bytes);
+    const refuse = (why: string) => sealwireError("ERR_STATEMENT_INVALID", `key statement for "${st.id}" refused: ${why}`);
+    if (st.ts > now + 5 * 60_000 || now - st.ts > STATEMENT_MAX_AGE_MS) throw refuse("too old or from the future");
+    const p = this.#provider;
+    const verify = (pub: Uint8Array, msg: Uint8Array, sig: Uint8Array) => p.ed25519Verify(p.ed25519Public(pub), msg, sig);
+    const e = this.#byId.get(st.id);
+    if (!e) throw refuse("unknown agent");
+    if (st.kind === "rotation") {
+      if (e.revoked) throw refuse("the agent is revoked");
+      if (e.identity.kid === st.next.kid) return { kind: "rotation", id: st.id, oldKid: st.oldKid, newKid: st.next.kid, applied: false };
+      if (e.identity.kid !== st.oldKid) throw refuse("it does not rotate the current key");
+      const msg = rotationSignedBytes(st.id, st.oldKid, st.next, st.ts);
+      if (!verify(e.signPublicKey, msg, st.sigOld)) throw refuse("not signed by the current key");
+      if (!verify(keyBytes(st.next.signPub), msg, st.sigNew)) throw refuse("not signed by the new key");
+      const overlap = options.overlapMs ?? DEFAULT_OVERLAP_MS;
+      if (!Number.isSafeInteger(overlap) || overlap < 0) throw sealwireError("ERR_INVALID_ARGUMENT", "overlapMs must be a non-negative integer");
+      const sealPublicKey = keyBytes(st.next.sealPub);
+      const owner = this.#bySealKey.get(toHex(sealPublicKey));
+      if (owner !== undefined && owner !== st.id) throw refuse("the new sealing key belongs to another agent");
+      const next: TrustEntry = Object.freeze({
+        ...e,
+        identity: st.next,
+        signPublicKey: keyBytes(st.next.signPub),
+        sealPublicKey,
+        previous: Object.freeze({ kid: e.identity.kid, signPublicKey: e.signPublicKey, sealPublicKey: e.sealPublicKey, validUntil: now + overlap }),
+      });
+      this.#byId.set(st.id, next);
+      this.#bySealKey.set(toHex(sealPublicKey), st.id);
+      return { kind: "rotation", id: st.id, oldKid: st.oldKid, newKid: st.next.kid, applied: true };
+    }
+    // revocation
+    const subjectKeys = e.identity.kid === st.kid ? e.signPublicKey : e.previous?.kid === st.kid ? e.previous.signPublicKey : undefined;
+    if (!subjectKeys) throw refuse("it names a key this store does not know");
+    const msg = revocationSignedBytes(st.id, st.kid, st.by, st.byKid, st.reason, st.ts);
+    let signerKey: Uint8Array | undefined;
+    if (st.by === st.id && st.byKid === st.kid) signerKey = subjectKeys;
+    else {
+      const admin = this.#byId.get(st.by);
+      if (!admin || admin.revoked || !admin.roles.includes(ADMIN_ROLE) || admin.identity.kid !== st.byKid) {
+        throw refuse(`signer "${st.by}" is neither the agent itself nor a trusted admin`);
+      }
+      signerKey = admin.signPublicKey;
+    }
+    if (!verify(signerKey, msg, st.sig)) throw refuse("bad signature");
+    if (e.revoked) return { kind: "revocation", id: st.id, kid: st.kid, by: st.by, applied: false };
+    if (e.identity.kid === st.kid) this.revoke(st.id);
+    else {
+      // Only the previous key is revoked: end its overlap window now.
+      this.#byId.set(st.id, Object.freeze({ ...e, previous: undefined }));
+    }
+    return { kind: "revocation", id: st.id, kid: st.kid, by: st.by, applied: true };
   }
 
   /** Revokes `id` (sticky) and notifies listeners synchronously. Throws ERR_UNKNOWN_PEER if unknown. */

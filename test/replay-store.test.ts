@@ -5,7 +5,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { EnvelopeOpener, encodePayload, sealEnvelope, type ReplayCache } from "../src/envelope.js";
+import { EnvelopeOpener, encodePayload, sealEnvelope } from "../src/envelope.js";
 import { SealwireError, type ErrorCode } from "../src/errors.js";
 import { generateIdentity } from "../src/identity.js";
 import { saveIdentity } from "../src/keystore.js";
@@ -68,10 +68,10 @@ describe("persistent replay store", () => {
     const { bytes } = sealEnvelope(alice, trust.require("bob"), encodePayload("once"));
     const p = fresh();
     const s1 = await PersistentReplayCache.open(p);
-    new EnvelopeOpener({ identity: bob, trust, replay: s1 as unknown as ReplayCache }).open(bytes);
+    new EnvelopeOpener({ identity: bob, trust, replay: s1 }).open(bytes);
     s1.close();
     const s2 = await PersistentReplayCache.open(p);
-    expectCode(() => new EnvelopeOpener({ identity: bob, trust, replay: s2 as unknown as ReplayCache }).open(bytes), "ERR_REPLAY");
+    expectCode(() => new EnvelopeOpener({ identity: bob, trust, replay: s2 }).open(bytes), "ERR_REPLAY");
     s2.close();
   });
 
