@@ -164,7 +164,8 @@ function resolveConfig(init: unknown): Config {
   const backlog = intOption(o.backlog, "backlog", 1, MAX_BACKLOG, DEFAULT_BACKLOG);
   let latencyMs = 0;
   if (o.latencyMs !== undefined) {
-    if (typeof o.latencyMs !== "number" || !Number.isFinite(o.latencyMs) || o.latencyMs < 0 || o.latencyMs > MAX_LATENCY_MS) {
+    const ms = o.latencyMs;
+    if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0 || ms > MAX_LATENCY_MS) {
       throw invalid(`memory(): latencyMs must be a number of milliseconds from 0 to ${MAX_LATENCY_MS}`);
     }
     latencyMs = o.latencyMs;
@@ -363,11 +364,13 @@ class MemoryConnection implements Connection {
     const latency = this.#cfg.latencyMs;
     if (latency === 0) return (this.#closing = Promise.resolve());
     // With latency, close resolves when the end-of-stream has reached the peer.
-    this.#closing = delay(latency, signal, "close()").catch((err: unknown) => {
+    const closing = delay(latency, signal, "close()").catch((err: unknown) => {
       this.abort(err as Error);
+      this.#closing = Promise.resolve(); // later close() calls find an ended connection: nothing to wait for
       throw err;
     });
-    return this.#closing;
+    this.#closing = closing;
+    return closing;
   }
 
   abort(err?: Error): void {
@@ -411,9 +414,8 @@ class MemoryConnection implements Connection {
   #next(): Promise<IteratorResult<Uint8Array>> {
     if (this.#readers.length === 0 && !this.#readDone) {
       // Fast path: a frame that has arrived and nobody ahead of us.
-      if (this.#head < this.#frames.length && (this.#cfg.latencyMs === 0 || this.#due[this.#head]! <= performance.now())) {
-        return Promise.resolve({ done: false, value: this.#take() });
-      }
+      const arrived = this.#cfg.latencyMs === 0 || this.#due[this.#head]! <= performance.now();
+      if (this.#head < this.#frames.length && arrived) return Promise.resolve({ done: false, value: this.#take() });
     }
     if (this.#readDone) {
       return this.#readError !== undefined ? Promise.reject(this.#readError) : Promise.resolve(DONE);
@@ -652,7 +654,10 @@ class MemoryTransport implements Transport {
     const signal = options?.signal;
     if (signal?.aborted) throw abortError(signal, "listen()");
     if (this.#listeners.has(name)) {
-      throw sealwireError("ERR_ADDRESS_IN_USE", `something already listens at ${ADDR_PREFIX}${name}; close it or pick another name`);
+      throw sealwireError(
+        "ERR_ADDRESS_IN_USE",
+        `something already listens at ${ADDR_PREFIX}${name}; close it or pick another name`,
+      );
     }
     const core: ListenerCore = { name, pending: [], acceptors: [], closed: false };
     this.#listeners.set(name, core);
