@@ -159,7 +159,7 @@ const DEFAULT_DURABLE = {
   replicas: 1,
   storage: "file" as "file" | "memory",
   maxAgeMs: 24 * 60 * 60_000,
-  maxBytes: 1024 * MiB,
+  maxBytes: 256 * MiB,
   ackWaitMs: 4_000,
   maxAckPending: 256,
   pullExpiresMs: 1_000,
@@ -203,7 +203,11 @@ export interface NatsDurableInit {
   storage?: "file" | "memory";
   /** Envelopes nobody consumed are dropped after this long (sealwire's longest ttl is 24 h). @default 86400000 */
   maxAgeMs?: number;
-  /** Stream size limit; publishes fail (and are retried) when it is full, nothing is silently dropped. @default 1 GiB */
+  /**
+   * Stream size limit when this transport creates the stream; publishes fail (and are retried) when it is full,
+   * nothing is silently dropped. JetStream reserves this much of the servers' `max_file_store` (or memory).
+   * @default 268435456 (256 MiB)
+   */
   maxBytes?: number;
   /**
    * A delivered frame not acknowledged within this time is redelivered. Frames the listener holds (queued for a
@@ -787,6 +791,11 @@ function mapNatsError(err: unknown, what: string): SealwireError {
   }
   if (names.includes("PermissionViolationError") || /permissions violation/i.test(messages)) {
     return sealwireError("ERR_CONNECTION_REFUSED", `${what}: the NATS server denied this user the subject; check its permissions`, { cause: err });
+  }
+  if (names.includes("JetStreamApiError")) {
+    // The server's own description (e.g. "insufficient storage"): configuration text, never a secret.
+    const description = String(chain[0]?.message ?? "").slice(0, 200);
+    return sealwireError("ERR_CONNECTION_REFUSED", `${what}: JetStream refused (${description}); check the servers' JetStream limits and permissions`, { cause: err });
   }
   if (names.includes("ClosedConnectionError") || names.includes("DrainingConnectionError")) {
     return sealwireError("ERR_CONNECTION_CLOSED", `${what}: the NATS connection is closed`, { cause: err });
@@ -2462,6 +2471,7 @@ export function nats(init: NatsInit): Transport {
 
 /** Exposed for tests and tools: the subject an agent's core traffic uses (validated like an address). */
 export function natsSubjectFor(namespace: string, agentId: string): string {
+  if (typeof namespace !== "string" || typeof agentId !== "string") throw invalid("natsSubjectFor(): namespace and agentId must be strings");
   parseAddr(`nats://${namespace}/${agentId}`, "natsSubjectFor()");
   return coreSubject(namespace, agentId);
 }

@@ -188,7 +188,7 @@ export async function startNats(options: StartNatsOptions = {}): Promise<NatsClu
       lines.push(`authorization { users: [ ${users} ] }`);
     }
     if (options.jetstream) {
-      lines.push(`jetstream { store_dir: ${q(join(dir, name))}, max_memory_store: 64MB, max_file_store: 1GB }`);
+      lines.push(`jetstream { store_dir: ${q(join(dir, name))}, max_memory_store: 256MB, max_file_store: 16GB }`);
     }
     if (n > 1) {
       const routes = Array.from({ length: n }, (_, j) => j)
