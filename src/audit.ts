@@ -456,7 +456,10 @@ function checkLine(line: string): LineCheck {
 function verifyCheckpointSig(r: AuditRecord, key: Uint8Array): boolean {
   try {
     const sig = Buffer.from(r.sig!, "base64url");
-    if (sig.length !== 64) return false;
+    // 86 base64url characters carry 516 bits for 512: the last character has 4 spare bits, so 16 spellings decode
+    // to the same signature. Only the canonical one counts; otherwise a forger could re-spell a checkpoint's
+    // `sig`, recompute that record's hash (no key needed) and still verify with different bytes (found by fuzzing).
+    if (sig.length !== 64 || toBase64url(sig) !== r.sig) return false;
     return defaultProvider.ed25519Verify(
       defaultProvider.ed25519Public(key),
       auditCheckpointMessage(r.head!, r.count!, r.final!),

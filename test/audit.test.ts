@@ -247,6 +247,24 @@ describe("tamper detection", () => {
     expect(await verify([], pk)).toMatchObject({ code: "ERR_AUDIT_TRUNCATED", reason: "empty_log" });
   });
 
+  it("a checkpoint signature re-spelled in non-canonical base64url (same 64 bytes, record re-hashed) is refused", async () => {
+    // 86 characters carry 516 bits for 512: the last one has 4 spare bits, so 15 other spellings decode to the same
+    // bytes. A forger needs no key to re-spell the final checkpoint and recompute its hash (found by the fuzzer).
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const last = lines.length - 1;
+    const r = parse(lines[last]!);
+    const sig = r["sig"] as string;
+    const c = alphabet.indexOf(sig[85]!);
+    for (const spare of [1, 7, 15]) {
+      const twin = sig.slice(0, 85) + alphabet[(c & ~15) | (c & 15 ? 0 : spare)]!;
+      expect(Buffer.from(twin, "base64url").equals(Buffer.from(sig, "base64url"))).toBe(true);
+      expect(twin).not.toBe(sig);
+      const t = [...lines];
+      t[last] = rehash({ ...r, sig: twin });
+      expect(await verify(t)).toEqual({ ok: false, line: last + 1, code: "ERR_AUDIT_TAMPERED", reason: "bad_signature" });
+    }
+  });
+
   it("a periodic checkpoint relabelled final is caught by its signature", async () => {
     const lastPeriodic = lines.map(parse).findLastIndex((r) => r["event"] === "checkpoint" && r["final"] === false);
     const t = lines.slice(0, lastPeriodic + 1);
