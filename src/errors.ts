@@ -76,6 +76,8 @@ export const ERROR_CODES = {
   ERR_INTERNAL: "An unexpected failure inside sealwire or a dependency; run with --debug and report it.",
   ERR_KEY_RETIRED: "The envelope uses a key that was rotated out and whose overlap window has passed.",
   ERR_STATEMENT_INVALID: "A key rotation or revocation statement is malformed, stale, or not signed by a key allowed to make it.",
+  ERR_UNKNOWN_STREAM: "A session envelope belongs to a stream the recipient does not hold (evicted, expired, ended); the sender must re-open it.",
+  ERR_CHECKPOINT: "A session checkpoint is forged, does not match the stream's hash chain, or is missing; the stream was closed.",
 } as const;
 
 /** A stable error code. */
