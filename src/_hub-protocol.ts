@@ -9,6 +9,8 @@
  *   agent → `["sw-auth", 1, sigAgent]`; hub → `["sw-ready", 1]`. Signatures are Ed25519 over
  *   `"sealwire/v1/hub-auth:" ‖ role ‖ msgpack([agentId, hubId, nonceA, nonceH])`, so each side proves its key for
  *   this exchange only. With Noise, the hub sends `["sw-ready", 1]` at once.
+ * - Key statements (rotation, revocation; see statements.ts): `["sw-statement", 1, bytes]` in either direction.
+ *   The hub verifies and applies what an agent sends, then relays it to every other connected agent.
  * - Delivery: the recipient agent answers every envelope the hub forwarded with `["sw-ack", 1, id]` once it
  *   processed it (delivered or refused by its own checks); the hub then tells the sender
  *   `["sw-delivered", 1, id]`. A hub refusal is `["sw-refused", 1, id, code, reason]` (queue full, unknown
@@ -24,6 +26,7 @@ import { concatBytes, utf8 } from "./_bytes.js";
 import { decodeStrict, encode } from "./codec.js";
 import { ERROR_CODES, type ErrorCode } from "./errors.js";
 import { AGENT_ID_RE } from "./identity.js";
+import { MAX_STATEMENT_BYTES } from "./statements.js";
 
 const AUTH_DOMAIN = utf8("sealwire/v1/hub-auth:");
 
@@ -35,7 +38,8 @@ export type Control =
   | { kind: "sw-ready" }
   | { kind: "sw-ack"; id: string }
   | { kind: "sw-delivered"; id: string }
-  | { kind: "sw-refused"; id: string; code: ErrorCode; reason: string };
+  | { kind: "sw-refused"; id: string; code: ErrorCode; reason: string }
+  | { kind: "sw-statement"; statement: Uint8Array };
 
 /** True if `frame` looks like a control frame (an array whose first element is a string). */
 export function isControlFrame(frame: Uint8Array): boolean {
@@ -51,7 +55,7 @@ const isId = (x: unknown): x is string => typeof x === "string" && /^[0-9a-f]{32
 export function parseControl(frame: Uint8Array): Control | undefined {
   let v: unknown;
   try {
-    v = decodeStrict(frame, { maxBytes: 512, maxDepth: 1, maxItems: 8 });
+    v = decodeStrict(frame, { maxBytes: 4096, maxDepth: 1, maxItems: 8 });
   } catch {
     return undefined;
   }
@@ -75,6 +79,8 @@ export function parseControl(frame: Uint8Array): Control | undefined {
       return v.length === 5 && isId(a) && typeof b === "string" && Object.hasOwn(ERROR_CODES, b) && typeof c === "string" && /^[a-z0-9_:.-]{0,64}$/.test(c)
         ? { kind, id: a, code: b as ErrorCode, reason: c }
         : undefined;
+    case "sw-statement":
+      return v.length === 3 && a instanceof Uint8Array && a.length <= MAX_STATEMENT_BYTES ? { kind, statement: new Uint8Array(a) } : undefined;
     default:
       return undefined;
   }
@@ -96,6 +102,8 @@ export function encodeControl(c: Control): Uint8Array {
       return encode([c.kind, 1, c.id]);
     case "sw-refused":
       return encode([c.kind, 1, c.id, c.code, c.reason]);
+    case "sw-statement":
+      return encode([c.kind, 1, c.statement]);
   }
 }
 

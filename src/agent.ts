@@ -35,6 +35,7 @@ import {
   type TagsInit,
   type VerifiedEnvelope,
 } from "./envelope.js";
+import { DEFAULT_OVERLAP_MS, rotateIdentity } from "./statements.js";
 import { POLICY_TIMEOUT_MS, defaultPolicy, evaluate, type Decision, type Policy, type PolicyContext, type PolicyHeader } from "./policy.js";
 import { Identity, assertAgentId } from "./identity.js";
 import type { Connection, Listener, Transport } from "./transport.js";
@@ -145,6 +146,10 @@ export interface ReceivedMessage {
 }
 
 const REFUSED_FRAMES_BEFORE_CUT = 32;
+/** Hub connection failures that waiting will not cure. */
+const NOT_TRANSIENT: ReadonlySet<string> = new Set(["ERR_HUB_AUTH", "ERR_REVOKED_PEER", "ERR_UNTRUSTED_PEER", "ERR_NOISE_HANDSHAKE", "ERR_TLS"]);
+/** Longest a send waits for a reconnecting hub before ERR_NO_ROUTE. */
+const HUB_WAIT_MS = 5000;
 
 interface Pending {
   to: string;
@@ -156,7 +161,10 @@ interface Pending {
 /** A running agent. Create with {@link createAgent}. */
 export class Agent {
   readonly id: string;
-  readonly #identity: Identity;
+  #identity: Identity;
+  #unwatchIdentity: () => void = () => {};
+  /** Identities rotated out, closed when their overlap window ends (or when the agent closes). */
+  readonly #retiring = new Map<NodeJS.Timeout, Identity>();
   readonly #trust: TrustStore;
   readonly #transport: Transport;
   readonly #opts: AgentOptions;
@@ -177,6 +185,7 @@ export class Agent {
   #hubReady: Connection | undefined;
   #reconnectTimer: NodeJS.Timeout | undefined;
   #reconnectDelay = 0;
+  readonly #hubWaiters = new Set<(err?: Error, conn?: Connection) => void>();
   readonly #deliveryWaiters = new Map<string, { resolve: () => void; reject: (e: unknown) => void }>();
   #listener: Listener | undefined;
   #closed = false;
@@ -208,9 +217,10 @@ export class Agent {
       ...(options.clockSkewMs !== undefined ? { clockSkewMs: options.clockSkewMs } : {}),
       ...(options.now !== undefined ? { now: options.now } : {}),
     });
+    this.#unwatchIdentity = options.identity.onClose(() => void this.close());
     this.#cleanups.push(
       options.trust.onRevoke((entry) => this.#dropPeer(entry.id)),
-      options.identity.onClose(() => void this.close()),
+      () => this.#unwatchIdentity(),
     );
   }
 
@@ -490,14 +500,101 @@ export class Agent {
     }
   }
 
+  /**
+   * Rotates this agent's keys: a new key pair and kid, a statement signed by the old and the new key, applied to
+   * this agent's trust store and announced to its peers (through the hub in hub mode, else to every trusted peer).
+   * Envelopes sealed to the old key are still opened for `overlapMs`; then the old identity is closed (wiped).
+   * Transports bound to the old identity (a `noise()` wrapper) must be re-created by the caller for new
+   * connections. Returns the new identity and the statement.
+   */
+  async rotate(options: { overlapMs?: number } = {}): Promise<{ identity: Identity; statement: Uint8Array }> {
+    this.#alive();
+    const overlapMs = options.overlapMs ?? DEFAULT_OVERLAP_MS;
+    if (!Number.isSafeInteger(overlapMs) || overlapMs < 0) throw sealwireError("ERR_INVALID_ARGUMENT", "overlapMs must be a non-negative integer");
+    const now = this.#opts.now?.() ?? Date.now();
+    const old = this.#identity;
+    const { identity: next, statement } = rotateIdentity(old, now);
+    // Announce while still signing with the old key: peers only trust the new kid once they applied the statement.
+    await this.announce(statement);
+    if (this.#trust.get(this.id)) this.#trust.applyStatement(statement, { overlapMs, now });
+    this.#opener.rotateTo(next, now + overlapMs);
+    this.#identity = next;
+    this.#selfEntry = undefined;
+    this.#unwatchIdentity();
+    this.#unwatchIdentity = next.onClose(() => void this.close());
+    const t = setTimeout(() => {
+      this.#retiring.delete(t);
+      old.close();
+    }, overlapMs);
+    t.unref?.();
+    this.#retiring.set(t, old);
+    await this.#audit({ event: "key_rotated", peer: this.id, kid: next.kid, reason: `from:${old.kid}` });
+    return { identity: next, statement };
+  }
+
+  /**
+   * Hands a key statement (rotation or revocation, e.g. from `createRevocation`) to the peers: to the hub in hub
+   * mode (which verifies it, applies it and relays it to every connected agent), else as a sealed `sw.statement`
+   * message to every trusted peer. Resolves with the number of peers (or 1 for the hub) it reached.
+   */
+  async announce(statement: Uint8Array): Promise<number> {
+    this.#alive();
+    if (!(statement instanceof Uint8Array)) throw sealwireError("ERR_INVALID_ARGUMENT", "statement must be the Uint8Array from rotateIdentity/createRevocation");
+    if (this.#opts.hub !== undefined) {
+      const conn = await this.#hubConnection(undefined);
+      if (!conn.send(encodeControl({ kind: "sw-statement", statement }))) await conn.drain();
+      return 1;
+    }
+    let reached = 0;
+    await Promise.all(
+      this.#trust
+        .list()
+        .filter((e) => !e.revoked && e.id !== this.id)
+        .map((e) =>
+          this.#sendRaw(e.id, statement, { type: "sw.statement", ttlMs: 60_000 }, undefined, false).then(
+            () => reached++,
+            () => {},
+          ),
+        ),
+    );
+    return reached;
+  }
+
+  async #applyStatement(bytes: Uint8Array): Promise<void> {
+    try {
+      const r = this.#trust.applyStatement(bytes);
+      if (r.applied && r.kind === "rotation") await this.#audit({ event: "key_rotated", peer: r.id, kid: r.newKid, reason: `from:${r.oldKid}` });
+      if (r.applied && r.kind === "revocation") await this.#audit({ event: "peer_revoked", peer: r.id, kid: r.kid, reason: `by:${r.by}` });
+    } catch (e) {
+      this.#report(e);
+    }
+  }
+
   #awaitDelivery(id: string): Promise<void> {
     return new Promise<void>((resolve, reject) => this.#deliveryWaiters.set(id, { resolve, reject }));
   }
 
   /** The authenticated hub connection, (re)connecting as needed. */
-  #hubConnection(signal: AbortSignal | undefined): Promise<Connection> {
+  #hubConnection(signal: AbortSignal | undefined, waitForReconnect = true): Promise<Connection> {
     if (this.#closed) return Promise.reject(sealwireError("ERR_CLOSED", `agent "${this.id}" was closed`));
     if (this.#hubConn) return this.#hubConn;
+    if (waitForReconnect && this.#reconnectTimer) {
+      // A reconnect is scheduled: wait for it (bounded) rather than dialling once per send (a reconnect storm).
+      return new Promise<Connection>((resolve, reject) => {
+        const timer = setTimeout(() => done(sealwireError("ERR_NO_ROUTE", "the hub is unreachable; still reconnecting")), HUB_WAIT_MS);
+        const onAbort = () => done(sealwireError("ERR_ABORTED", "send aborted while waiting for the hub"));
+        const done = (err?: Error, conn?: Connection) => {
+          clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
+          this.#hubWaiters.delete(waiter);
+          if (conn) resolve(conn);
+          else reject(err);
+        };
+        const waiter = (err?: Error, conn?: Connection) => done(err, conn);
+        this.#hubWaiters.add(waiter);
+        signal?.addEventListener("abort", onAbort, { once: true });
+      });
+    }
     const hubPeer = this.#opts.hubPeer!;
     const p = (async () => {
       const conn = await this.#transport.dial(this.#opts.hub!, { remotePeer: hubPeer, ...(signal ? { signal } : {}) });
@@ -505,8 +602,13 @@ export class Agent {
       try {
         await this.#hubAuth(conn, frames, hubPeer);
       } catch (e) {
-        conn.abort(SealwireError.is(e) ? e : sealwireError("ERR_HUB_AUTH", "hub authentication failed"));
-        throw e;
+        // A hub that drops us during authentication refused us (revoked or untrusted here, most likely).
+        const err =
+          SealwireError.is(e) && e.code !== "ERR_CONNECTION_ABORTED" && e.code !== "ERR_CONNECTION_CLOSED"
+            ? e
+            : sealwireError("ERR_HUB_AUTH", `the hub "${hubPeer}" closed the connection during authentication; is this agent trusted (and not revoked) there?`, { cause: e });
+        conn.abort(err);
+        throw err;
       }
       if (this.#closed) {
         conn.abort(sealwireError("ERR_CLOSED", "agent closed"));
@@ -514,15 +616,18 @@ export class Agent {
       }
       this.#hubReady = conn;
       this.#reconnectDelay = 0;
+      for (const w of [...this.#hubWaiters]) w(undefined, conn);
       // Notice a lost hub even while the read loop waits for inbox space (a slow application).
       void conn.closed.then(() => this.#hubLost(conn));
       void this.#hubLoop(conn, frames);
       return conn;
     })();
     this.#hubConn = p;
-    p.catch(() => {
+    p.catch((e: unknown) => {
       if (this.#hubConn === p) {
         this.#hubConn = undefined;
+        // The hub refused us (revoked, untrusted, wrong hub): senders waiting for a reconnect fail now.
+        if (SealwireError.is(e) && NOT_TRANSIENT.has(e.code)) for (const w of [...this.#hubWaiters]) w(e);
         this.#scheduleReconnect();
       }
     });
@@ -594,6 +699,10 @@ export class Agent {
 
   #onHubControl(frame: Uint8Array): void {
     const c = parseControl(frame);
+    if (c?.kind === "sw-statement") {
+      void this.#applyStatement(c.statement);
+      return;
+    }
     if (c?.kind === "sw-delivered") {
       const w = this.#deliveryWaiters.get(c.id);
       this.#deliveryWaiters.delete(c.id);
@@ -637,7 +746,7 @@ export class Agent {
     const delay = Math.round(min + Math.random() * (this.#reconnectDelay - min));
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = undefined;
-      this.#hubConnection(undefined).catch((e) => this.#report(e));
+      this.#hubConnection(undefined, false).catch((e) => this.#report(e));
     }, delay);
     this.#reconnectTimer.unref?.();
   }
@@ -761,6 +870,14 @@ export class Agent {
 
   /** sealwire's own messages (`sw.*`): strict shapes, never delivered to the application. */
   #handleSystem(msg: ReceivedMessage): boolean {
+    if (msg.type === "sw.statement") {
+      if (!(msg.data instanceof Uint8Array)) {
+        this.#report(sealwireError("ERR_PAYLOAD", `malformed key statement message ${msg.id} from "${msg.from}"`, { envelopeId: msg.id }));
+        return false;
+      }
+      void this.#applyStatement(msg.data);
+      return true;
+    }
     if (msg.type === "sw.denied") {
       const d = msg.data as { id?: unknown; reason?: unknown } | null;
       if (
@@ -858,6 +975,12 @@ export class Agent {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#reconnectTimer);
+    for (const w of [...this.#hubWaiters]) w(sealwireError("ERR_CLOSED", `agent "${this.id}" was closed`));
+    for (const [t, old] of this.#retiring) {
+      clearTimeout(t);
+      old.close();
+    }
+    this.#retiring.clear();
     for (const [id, w] of this.#deliveryWaiters) w.reject(sealwireError("ERR_CLOSED", `agent closed before ${id} was confirmed`, { envelopeId: id }));
     this.#deliveryWaiters.clear();
     const hubConn = this.#hubConn;

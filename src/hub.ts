@@ -25,7 +25,7 @@ import { Identity } from "./identity.js";
 import { defaultPolicy, evaluate, POLICY_TIMEOUT_MS, type Policy } from "./policy.js";
 import type { Connection, Listener, Transport } from "./transport.js";
 import { isTransport } from "./transport.js";
-import { TrustStore } from "./trust.js";
+import { TrustStore, type StatementResult } from "./trust.js";
 
 /** Options for {@link createHub}. */
 export interface HubOptions {
@@ -238,6 +238,15 @@ export class Hub {
   async #onFrame(agent: string, conn: Connection, frame: Uint8Array): Promise<boolean> {
     if (isControlFrame(frame)) {
       const c = parseControl(frame);
+      if (c?.kind === "sw-statement") {
+        try {
+          await this.announce(c.statement, agent);
+        } catch (e) {
+          this.#report(e);
+          return false;
+        }
+        return true;
+      }
       if (c?.kind !== "sw-ack") {
         this.#report(sealwireError("ERR_DECODE", `unexpected control frame from "${agent}"`));
         return false;
@@ -363,6 +372,31 @@ export class Hub {
       else this.#queues.delete(to);
     }
     void this.#audit({ event: "peer_revoked", peer: id }).catch((e) => this.#report(e));
+  }
+
+  /**
+   * Verifies and applies a key statement (rotation or revocation) to the hub's trust store, audits it, and relays
+   * it to every connected agent (except `from`). A revocation closes the revoked agent's connection at once and
+   * refuses what is queued to or from it. Throws ERR_STATEMENT_INVALID.
+   */
+  async announce(statement: Uint8Array, from?: string): Promise<StatementResult> {
+    const r = this.#o.trust.applyStatement(statement);
+    if (r.applied && r.kind === "rotation") {
+      await this.#audit({ event: "key_rotated", peer: r.id, kid: r.newKid, reason: `from:${r.oldKid}` });
+    }
+    // (revocations are audited by the trust store's onRevoke listener, #revoked)
+    if (r.applied) {
+      const frame = encodeControl({ kind: "sw-statement", statement });
+      for (const [id, conn] of this.#sessions) {
+        if (id === from) continue;
+        try {
+          conn.send(frame);
+        } catch {
+          /* that agent is going away */
+        }
+      }
+    }
+    return r;
   }
 
   /** Stops accepting, closes every agent connection, refuses what is still queued. Idempotent. */

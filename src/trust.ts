@@ -158,11 +158,18 @@ export class TrustStore {
     return e;
   }
 
-  /** The unrevoked entry whose X25519 key is `sealPublicKey` (Noise static keys), or undefined. */
-  findBySealKey(sealPublicKey: Uint8Array): TrustEntry | undefined {
-    const id = this.#bySealKey.get(toHex(sealPublicKey));
+  /**
+   * The unrevoked entry whose X25519 key is `sealPublicKey` (Noise static keys): the current key, or a rotated-out
+   * key still inside its overlap window. Undefined otherwise.
+   */
+  findBySealKey(sealPublicKey: Uint8Array, now = Date.now()): TrustEntry | undefined {
+    const hex = toHex(sealPublicKey);
+    const id = this.#bySealKey.get(hex);
     const e = id === undefined ? undefined : this.#byId.get(id);
-    return e && !e.revoked ? e : undefined;
+    if (!e || e.revoked) return undefined;
+    if (toHex(e.sealPublicKey) === hex) return e;
+    if (e.previous && toHex(e.previous.sealPublicKey) === hex && now <= e.previous.validUntil) return e;
+    return undefined;
   }
 
   /**
