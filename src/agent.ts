@@ -35,6 +35,7 @@ import {
   type TagsInit,
   type VerifiedEnvelope,
 } from "./envelope.js";
+import { resolveIdentity, type IdentityProvider } from "./keystore.js";
 import { DEFAULT_OVERLAP_MS, rotateIdentity } from "./statements.js";
 import { POLICY_TIMEOUT_MS, defaultPolicy, evaluate, type Decision, type Policy, type PolicyContext, type PolicyHeader } from "./policy.js";
 import { Identity, assertAgentId } from "./identity.js";
@@ -1014,9 +1015,19 @@ function tagList(tags: Tags): string[] {
   return [...tags.pii, ...(tags.anonymized ? ["anonymized"] : []), ...(tags.classification ? [`class:${tags.classification}`] : [])];
 }
 
-/** Creates and starts an agent (listening at its default address unless `listen: false`). */
-export async function createAgent(options: AgentOptions): Promise<Agent> {
-  const agent = new Agent(options);
+/** Options for {@link createAgent}: the identity may be a provider (a vault handing keys just in time). */
+export type CreateAgentOptions = Omit<AgentOptions, "identity"> & { identity: IdentityProvider };
+
+/**
+ * Creates and starts an agent (listening at its default address unless `listen: false`). `identity` may be an
+ * `Identity` or a (sync or async) provider function; a provider is called once, here, and the agent holds the
+ * identity until it closes (close the agent to drop the keys; rotate with `agent.rotate()`).
+ */
+export async function createAgent(options: CreateAgentOptions): Promise<Agent> {
+  if (options === null || typeof options !== "object") throw sealwireError("ERR_INVALID_ARGUMENT", "createAgent needs { identity, trust, transport }");
+  const identity =
+    typeof options.identity === "function" ? await resolveIdentity(options.identity) : (options.identity as Identity);
+  const agent = new Agent({ ...options, identity });
   await agent.start();
   return agent;
 }

@@ -17,7 +17,7 @@
  * ```
  */
 export { Agent, createAgent } from "./agent.js";
-export type { AgentOptions, AuditSink, ReceivedMessage, RequestOptions, SendOptions } from "./agent.js";
+export type { AgentOptions, AuditSink, CreateAgentOptions, ReceivedMessage, RequestOptions, SendOptions } from "./agent.js";
 export { ANONYMIZER_ROLE, ATTESTATION_MAX_AGE_MS, createAttestation, verifyAttestation } from "./attestation.js";
 export type { Attestation, VerifiedAttestation } from "./attestation.js";
 export { AuditLog, fileSink, memorySink, verifyAuditLog } from "./audit.js";

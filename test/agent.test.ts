@@ -147,6 +147,22 @@ describe("agent API over memory()", () => {
     await expect(createAgent({ identity: identities["bob"]!, trust, transport: net })).rejects.toMatchObject({ code: "ERR_CLOSED" });
   });
 
+  it("accepts an identity provider (a vault handing keys just in time); a failing provider fails closed", async () => {
+    const { net, trust, identities } = await crew();
+    let calls = 0;
+    const a = await createAgent({ identity: async () => (calls++, identities["alice"]!), trust, transport: net });
+    const b = await createAgent({ identity: () => identities["bob"]!, trust, transport: net });
+    await a.send("bob", "via provider");
+    expect((await b.messages().next()).value!.data).toBe("via provider");
+    expect(calls).toBe(1);
+    await a.close();
+    await b.close();
+    const failing = createAgent({ identity: async () => { throw new SealwireError("ERR_NO_PASSPHRASE", "vault locked"); }, trust, transport: net });
+    await expect(failing).rejects.toMatchObject({ code: "ERR_NO_PASSPHRASE" });
+    identities["alice"]!.close();
+    await expect(createAgent({ identity: async () => identities["alice"]!, trust, transport: net })).rejects.toMatchObject({ code: "ERR_CLOSED" });
+  });
+
   it("closing the identity closes the agent", async () => {
     const { net, trust, identities } = await crew();
     const a = await createAgent({ identity: identities["alice"]!, trust, transport: net });
