@@ -36,6 +36,7 @@ import {
   type VerifiedEnvelope,
 } from "./envelope.js";
 import { resolveIdentity, type IdentityProvider } from "./keystore.js";
+import type { ReplayGuard } from "./replay-guard.js";
 import { DEFAULT_OVERLAP_MS, rotateIdentity } from "./statements.js";
 import { POLICY_TIMEOUT_MS, defaultPolicy, evaluate, type Decision, type Policy, type PolicyContext, type PolicyHeader } from "./policy.js";
 import { Identity, assertAgentId } from "./identity.js";
@@ -74,6 +75,11 @@ export interface AgentOptions {
   clockSkewMs?: number;
   /** Time to live of sent envelopes. @default 5 min */
   defaultTtlMs?: number;
+  /**
+   * Seen-envelope cache. Pass a `PersistentReplayCache` so an envelope captured before a restart is still refused
+   * after it. @default an in-memory ReplayCache
+   */
+  replay?: ReplayGuard;
   /** Messages held for the application before the agent stops reading from the network. @default 1024 */
   inboxSize?: number;
   /** Called with every refused inbound envelope or connection failure (code, envelope id; never payloads). */
@@ -213,7 +219,7 @@ export class Agent {
     this.#opener = new EnvelopeOpener({
       identity: options.identity,
       trust: options.trust,
-      replay: new ReplayCache(),
+      replay: options.replay ?? new ReplayCache(),
       ...(options.maxEnvelopeBytes !== undefined ? { maxEnvelopeBytes: options.maxEnvelopeBytes } : {}),
       ...(options.clockSkewMs !== undefined ? { clockSkewMs: options.clockSkewMs } : {}),
       ...(options.now !== undefined ? { now: options.now } : {}),

@@ -163,6 +163,43 @@ describe("agent API over memory()", () => {
     await expect(createAgent({ identity: async () => identities["alice"]!, trust, transport: net })).rejects.toMatchObject({ code: "ERR_CLOSED" });
   });
 
+  it("with a PersistentReplayCache, an envelope captured before the agent restarted is still refused", async () => {
+    const { mkdtempSync, rmSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const { tmpdir } = await import("node:os");
+    const { PersistentReplayCache } = await import("../src/replay-store.js");
+    const { sealEnvelope, encodePayload } = await import("../src/envelope.js");
+    const dir = mkdtempSync(join(tmpdir(), "agent-replay-"));
+    try {
+      const { net, trust, identities } = await crew();
+      const captured = sealEnvelope(identities["alice"]!, trust.require("bob"), encodePayload("once")).bytes;
+      const start = async () => {
+        const errors: string[] = [];
+        const replay = await PersistentReplayCache.open(join(dir, "bob.replay"));
+        const b = await createAgent({ identity: identities["bob"]!, trust, transport: net, replay, onError: (e) => errors.push(e.code) });
+        return { b, errors, replay };
+      };
+      const first = await start();
+      const c1 = await net.dial("mem://bob");
+      c1.send(captured);
+      expect((await first.b.messages().next()).value!.data).toBe("once");
+      await c1.close();
+      await first.b.close();
+      await first.replay.close();
+      const second = await start();
+      const c2 = await net.dial("mem://bob");
+      c2.send(captured);
+      const t0 = Date.now();
+      while (!second.errors.includes("ERR_REPLAY") && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
+      expect(second.errors).toEqual(["ERR_REPLAY"]);
+      await c2.close();
+      await second.b.close();
+      await second.replay.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("closing the identity closes the agent", async () => {
     const { net, trust, identities } = await crew();
     const a = await createAgent({ identity: identities["alice"]!, trust, transport: net });
