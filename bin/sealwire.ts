@@ -49,7 +49,8 @@ Running
   hub --listen ws://0.0.0.0:7700 --key hub.key
         Run a hub. ws:// carries Noise (no certificates: keys are pinned in the trust file).
         wss:// adds TLS: --tls-cert <pem> --tls-key <pem> [--tls-ca <pem> to require client certificates].
-        --audit <file> writes a signed audit log.
+        --audit <file> writes a signed audit log. After a crash its tail has no final checkpoint and the hub
+        refuses to continue it; add --audit-new-segment to start a new, linked segment (nothing is rewritten).
   listen --hub <url> --key <file> [--hub-id hub] [--count <n>]
         Print every message this agent receives, one JSON line each.
   send --hub <url> --key <file> --to <id> [--hub-id hub] [--pii pii:<x>]... <text>
@@ -108,6 +109,7 @@ const OPTIONS = {
   "tls-ca": { type: "string" },
   "passphrase-file": { type: "string" },
   "allow-open-tail": { type: "boolean" },
+  "audit-new-segment": { type: "boolean" },
 } as const;
 
 type Values = ReturnType<typeof parse>["values"];
@@ -271,7 +273,10 @@ async function hubCmd(v: Values, io: CliIO): Promise<number> {
   const identity = await loadKey(v, io);
   const trust = await loadTrustFile(trustPath(v, io));
   const audit = v.audit
-    ? await AuditLog.open(fileSink(v.audit), { signer: { id: identity.id, kid: identity.kid, publicKey: identity.signPublicKey, sign: (m) => identity.sign(m) } })
+    ? await AuditLog.open(fileSink(v.audit), {
+        signer: { id: identity.id, kid: identity.kid, publicKey: identity.signPublicKey, sign: (m) => identity.sign(m) },
+        newSegment: v["audit-new-segment"] === true,
+      })
     : undefined;
   const hub = await createHub({
     identity,
