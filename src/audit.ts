@@ -12,8 +12,12 @@
  * - **Checkpoints.** Every `checkpointEvery` records and on {@link AuditLog.close} the log appends
  *   `{ event: "checkpoint", count, head, sig, signer, kid, final }`: `head` is the previous record's hash (= its
  *   `prev`), `count` the number of records before it (= its `seq`), `sig` an Ed25519 signature (base64url) over
- *   `"sealwire/v1/audit-checkpoint:" || head (32 bytes) || count (u64 BE) || final (1 byte)`. `final` is signed
- *   because it is what tells a truncated log from a closed one (see below).
+ *   `"sealwire/v1/audit-checkpoint-record:" || canonical JSON of the checkpoint record without "sig" and "hash"`.
+ *   So everything in the checkpoint is signed: `head` and `count`, `final` (what tells a truncated log from a
+ *   closed one, see below), and its own `seq`, `time`, `node`, `signer` and `kid` — the final checkpoint is the
+ *   last line, and nothing after it would otherwise cover those (found by fuzzing: an earlier format signed only
+ *   head, count and final, so a forger could edit the final checkpoint's time or node and re-hash it). Only the
+ *   canonical base64url spelling of `sig` is accepted.
  * - **Segments.** Every {@link AuditLog.open} starts a segment with a `segment_start` record: `reason` is `new_log`
  *   (empty sink), `resumed` (the tail ended with a valid final checkpoint), or — only with `newSegment: true` —
  *   `open_tail` (the previous run crashed or was cut after its last checkpoint), `torn_tail` (the file ends in a
@@ -58,7 +62,7 @@
 import { constants as fsc, promises as fsp } from "node:fs";
 import { resolve as resolvePath } from "node:path";
 import { z } from "zod";
-import { concatBytes, fromHex, i2osp, toBase64url, toHex, utf8, wipe } from "./_bytes.js";
+import { concatBytes, toBase64url, toHex, utf8, wipe } from "./_bytes.js";
 import { defaultProvider } from "./_crypto.js";
 import { type ErrorCode, SealwireError, sealwireError } from "./errors.js";
 import { containsRegisteredSecret } from "./redact.js";
@@ -232,7 +236,7 @@ export interface AuditVerifyOptions {
 /** Domain prefix of record hashes. */
 const HASH_DOMAIN = utf8("sealwire/v1/audit:");
 /** Domain prefix of checkpoint signatures. */
-const CHECKPOINT_DOMAIN = utf8("sealwire/v1/audit-checkpoint:");
+const CHECKPOINT_DOMAIN = utf8("sealwire/v1/audit-checkpoint-record:");
 const PAYLOAD_DOMAIN = utf8("sealwire/v1/audit-payload:");
 const KEY_ID_DOMAIN = utf8("sealwire/v1/audit-hmac-key-id");
 const ZERO_HASH = "0".repeat(64);
@@ -295,9 +299,14 @@ export function auditRecordHash(record: Omit<AuditRecord, "hash"> | AuditRecord)
   return toHex(defaultProvider.hash("sha256", HASH_DOMAIN, utf8(canonicalJson(rest))));
 }
 
-/** The message a checkpoint signature covers. */
-export function auditCheckpointMessage(head: string, count: number, final: boolean): Uint8Array {
-  return concatBytes(CHECKPOINT_DOMAIN, fromHex(head, "head"), i2osp(count, 8), new Uint8Array([final ? 1 : 0]));
+/**
+ * The message a checkpoint signature covers: the domain, then the canonical JSON of the checkpoint record without
+ * `sig` and `hash` (every other member, `head`/`count`/`final` and the record's own `seq`/`time`/`node`/`signer`/
+ * `kid`, is signed).
+ */
+export function auditCheckpointMessage(record: Omit<AuditRecord, "sig" | "hash"> | AuditRecord): Uint8Array {
+  const { sig: _sig, hash: _hash, ...rest } = record as AuditRecord;
+  return concatBytes(CHECKPOINT_DOMAIN, utf8(canonicalJson(rest)));
 }
 
 /** HMAC-SHA256 (hex) of a payload under a log's HMAC key, as stored in `payloadDigest`. */
@@ -462,7 +471,7 @@ function verifyCheckpointSig(r: AuditRecord, key: Uint8Array): boolean {
     if (sig.length !== 64 || toBase64url(sig) !== r.sig) return false;
     return defaultProvider.ed25519Verify(
       defaultProvider.ed25519Public(key),
-      auditCheckpointMessage(r.head!, r.count!, r.final!),
+      auditCheckpointMessage(r),
       new Uint8Array(sig),
     );
   } catch {
@@ -998,10 +1007,20 @@ export class AuditLog {
   }
 
   #build(event: AuditEventName, fields: Record<string, unknown>): AuditRecord {
+    return this.#seal(this.#body(event, fields));
+  }
+
+  /** The next record without its hash (nothing advances until {@link AuditLog.#seal}). */
+  #body(event: AuditEventName, fields: Record<string, unknown>): Record<string, unknown> {
     const t = this.#now();
     if (!(t instanceof Date) || Number.isNaN(t.getTime())) throw invalid("AuditLog: the clock returned an invalid Date");
     const body: Record<string, unknown> = { seq: this.#seq, time: t.toISOString(), event, node: this.#node, ...fields, prev: this.#head };
     for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
+    return body;
+  }
+
+  /** Adds the hash and advances the chain. */
+  #seal(body: Record<string, unknown>): AuditRecord {
     const hash = auditRecordHash(body as unknown as AuditRecord);
     const record = Object.freeze({ ...body, hash }) as unknown as AuditRecord;
     this.#seq++;
@@ -1012,7 +1031,9 @@ export class AuditLog {
   async #checkpointRecord(final: boolean): Promise<AuditRecord> {
     const head = this.#head;
     const count = this.#seq;
-    const msg = auditCheckpointMessage(head, count, final);
+    // The writer is serialized, so nothing advances the chain while the signer works.
+    const body = this.#body("checkpoint", { count, head, signer: this.#signer.id, kid: this.#signer.kid, final });
+    const msg = auditCheckpointMessage(body as unknown as AuditRecord);
     let sig: Uint8Array;
     try {
       sig = await this.#signer.sign(msg);
@@ -1025,14 +1046,7 @@ export class AuditLog {
       throw sealwireError("ERR_CRYPTO_PROVIDER", "the audit signer returned a signature that does not verify under its publicKey");
     }
     this.#since = 0;
-    return this.#build("checkpoint", {
-      count,
-      head,
-      sig: toBase64url(sig),
-      signer: this.#signer.id,
-      kid: this.#signer.kid,
-      final,
-    });
+    return this.#seal({ ...body, sig: toBase64url(sig) });
   }
 
   /** Writes records as one append; on failure the log is dead (fail closed). */

@@ -119,7 +119,7 @@ describe("record format", () => {
       expect(c).toMatchObject({ signer: "node-a", kid: "k1" });
       const ok = defaultProvider.ed25519Verify(
         defaultProvider.ed25519Public(signer.publicKey),
-        auditCheckpointMessage(c.head!, c.count!, c.final!),
+        auditCheckpointMessage(c),
         new Uint8Array(Buffer.from(c.sig!, "base64url")),
       );
       expect(ok).toBe(true);
@@ -263,6 +263,27 @@ describe("tamper detection", () => {
       t[last] = rehash({ ...r, sig: twin });
       expect(await verify(t)).toEqual({ ok: false, line: last + 1, code: "ERR_AUDIT_TAMPERED", reason: "bad_signature" });
     }
+  });
+
+  it("every member of the final checkpoint is signed: time, node, signer, kid edited and re-hashed are refused", async () => {
+    // The final checkpoint is the last line: no later record chains over its hash, so only its own signature can
+    // protect its members (found by the fuzzer, when the signature covered head, count and final only).
+    const last = lines.length - 1;
+    const r = parse(lines[last]!);
+    const edits: Record<string, unknown>[] = [
+      { time: "2030-01-01T00:00:00.000Z" },
+      { node: "node-b" },
+      { kid: "k2" },
+      { signer: "someone-else" },
+    ];
+    for (const edit of edits) {
+      const t = [...lines];
+      t[last] = rehash({ ...r, ...edit });
+      // with a resolver that knows the key under any name, so only the signature can tell
+      const res = await verify(t, { resolveKey: () => signer.publicKey });
+      expect(res, JSON.stringify(edit)).toEqual({ ok: false, line: last + 1, code: "ERR_AUDIT_TAMPERED", reason: "bad_signature" });
+    }
+    expect(await verify(lines, { resolveKey: () => signer.publicKey })).toMatchObject({ ok: true });
   });
 
   it("a periodic checkpoint relabelled final is caught by its signature", async () => {
