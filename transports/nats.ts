@@ -51,18 +51,23 @@
  * `sealwire.<ns>.*.d`; each listening agent has one durable pull consumer `sealwire-<agentId>`, so envelopes
  * sent while it is offline wait in the stream. `dial` never needs the recipient online.
  * - Sending: frames are published in order with up to 256 unconfirmed publishes in flight; each carries
- *   `Nats-Msg-Id` = the envelope id (`decodeEnvelope(frame).header.id`; a content hash for frames that are not
- *   envelopes), so a publish retried after a lost acknowledgement (a leader change) is stored once. Failed
- *   publishes are retried with backoff for `publishRetryMs`; `close()` resolves once everything is stored.
+ *   `Nats-Msg-Id` = the envelope id (`decodeEnvelope(frame).header.id`; connection id and sequence number for
+ *   frames that are not envelopes), so a publish retried after a lost acknowledgement (a leader change), or the
+ *   same envelope resent by the agent on a new connection, is stored once (within the stream's duplicate
+ *   window). Failed publishes are retried in order with backoff for `publishRetryMs`; `close()` resolves once
+ *   everything is stored. Order is kept, except that a frame retried across a failover may land after later ones.
  * - Receiving: the listener yields a *mailbox* connection carrying the consumer's messages in stream order.
  *   The seam: a frame is acknowledged when the reader asks for the next one, i.e. after the agent's read loop
  *   has opened the envelope, run its checks and put the message in its inbox (or refused it). Leaving the
  *   iterator or closing the mailbox returns unacknowledged frames to the stream (`nak`) for redelivery; aborting
  *   it acknowledges the frame that was being handled (the agent aborts after refusing it) and returns the rest.
  *   No change to the Transport interface is needed.
- * - Exactly once: a bounded receiver-side set of the content hashes of acknowledged frames drops redeliveries
- *   (an ack lost in a failover) before they reach the agent, so its replay cache does not report them; a second
- *   delivery of a frame still queued only refreshes the handle used to acknowledge it.
+ * - Exactly once: a bounded receiver-side set of SHA-256 hashes of acknowledged stored messages drops
+ *   redeliveries (an ack lost in a failover) before they reach the agent, so its replay cache does not report
+ *   them; a second delivery of a message still queued only refreshes the handle used to acknowledge it. The key is
+ *   the hash of the exact bytes, never an id from the message, so a forged message carrying another message's
+ *   ids cannot make the genuine one be dropped; a forged copy of an envelope reaches the agent, which refuses it
+ *   (`ERR_REPLAY`) and reports it.
  * - Failover: the pull requests expire every `pullExpiresMs` with heartbeats at half that, so a consumer whose
  *   server or stream leader died pulls again within about two heartbeats after a new leader exists.
  * - Mailbox connections are receive-only (`send` throws `ERR_INVALID_ARGUMENT`: reply by dialling the sender's
@@ -1647,17 +1652,26 @@ class Router {
 // ---------------------------------------------------------------------------------------------------------------
 // Durable mode
 
-function envelopeIdOrHash(frame: Uint8Array): string {
+/**
+ * The `Nats-Msg-Id` of a frame: its envelope id, so JetStream stores an envelope once even when the agent sends
+ * the same envelope again on a new connection; for frames that are not envelopes, the connection id and sequence
+ * number (unique per frame, identical for a retried publish).
+ */
+function messageId(frame: Uint8Array, connHex: string, seq: number): string {
   try {
     return decodeEnvelope(frame, frame.byteLength).header.id;
   } catch {
-    return `h${contentKey(frame)}`;
+    return `${connHex}-${seq}`;
   }
 }
 
-/** 128 bits of SHA-256 over the frame: the identity of its exact bytes, for deduplication. */
-function contentKey(frame: Uint8Array): string {
-  return hex(defaultProvider.hash("sha256", frame).subarray(0, 16));
+/**
+ * The receiver's deduplication key: 128 bits of SHA-256 over the whole stored message (header and frame). A
+ * redelivery carries the same bytes; a frame forged with someone else's connection id, sequence number or
+ * envelope id does not, so it can never make the receiver drop the genuine one as a duplicate.
+ */
+function contentKey(data: Uint8Array): string {
+  return hex(defaultProvider.hash("sha256", data).subarray(0, 16));
 }
 
 interface OutItem {
@@ -1676,6 +1690,7 @@ class DurableOutConnection implements Connection, SessionUser {
   readonly #session: Session;
   readonly #subject: string;
   readonly #connId: Uint8Array;
+  readonly #connHex: string;
   readonly #onEnd: () => void;
   readonly #queue: OutItem[] = [];
   readonly #drains = new DrainWaiters();
@@ -1701,6 +1716,7 @@ class DurableOutConnection implements Connection, SessionUser {
     this.remoteAddr = addr;
     this.#subject = durableSubject(session.cfg.namespace, agent);
     this.#connId = defaultProvider.randomBytes(16);
+    this.#connHex = hex(this.#connId);
     this.maxFrameBytes = session.frameLimit();
     this.#onEnd = onEnd;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
@@ -1728,7 +1744,7 @@ class DurableOutConnection implements Connection, SessionUser {
       throw sealwireError("ERR_QUEUE_FULL", "too many frames wait to be stored by JetStream; await drain() whenever send() returns false");
     }
     const seq = this.#seq++;
-    this.#queue.push({ payload: encode(Op.Data, this.#connId, seq, frame), msgId: envelopeIdOrHash(frame), cost, seq });
+    this.#queue.push({ payload: encode(Op.Data, this.#connId, seq, frame), msgId: messageId(frame, this.#connHex, seq), cost, seq });
     this.#bytes += cost;
     this.#pump();
     return this.#bytes < cfg.highWaterMarkBytes;
@@ -2030,7 +2046,7 @@ class DurableListener implements Listener, SessionUser {
       return;
     }
     const frame = copyBody(m.data, HEADER_BYTES);
-    const key = contentKey(frame);
+    const key = contentKey(m.data);
     if (this.#seen.has(key)) {
       m.ack(); // a redelivery of a frame the agent already took (its ack was lost, e.g. in a failover)
       return;
@@ -2042,7 +2058,7 @@ class DurableListener implements Listener, SessionUser {
       return;
     }
     if (this.#pendingByKey.has(key)) {
-      m.ack(); // the same bytes stored twice (a resend): deliver once
+      m.ack(); // the same message stored twice: deliver once
       return;
     }
     const mailbox = this.#currentMailbox();
