@@ -17,7 +17,7 @@
  * sealwire send --hub ws://pi1.lan:7700 --key alice.key --to bob "hello"
  * ```
  */
-import { promises as fsp, readFileSync, realpathSync } from "node:fs";
+import { promises as fsp, readFileSync, realpathSync, unwatchFile, watchFile } from "node:fs";
 import { createInterface } from "node:readline";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
@@ -113,7 +113,23 @@ const OPTIONS = {
 } as const;
 
 type Values = ReturnType<typeof parse>["values"];
-const parse = (args: string[]) => parseArgs({ args, allowPositionals: true, strict: true, options: OPTIONS });
+/**
+ * parseArgs refuses a string option whose value starts with "-" (a base64url key does, 1 time in 64), so
+ * `--key -abc` is joined into `--key=-abc` first; only for options that take a value.
+ */
+function joinValues(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const name = a.startsWith("--") && !a.includes("=") ? a.slice(2) : undefined;
+    const spec = name !== undefined ? (OPTIONS as Record<string, { type: string }>)[name] : undefined;
+    if (spec?.type === "string" && i + 1 < args.length && args[i + 1]!.startsWith("-")) {
+      out.push(`${a}=${args[++i]}`);
+    } else out.push(a);
+  }
+  return out;
+}
+const parse = (args: string[]) => parseArgs({ args: joinValues(args), allowPositionals: true, strict: true, options: OPTIONS });
 
 function version(): string {
   for (const rel of ["../package.json", "../../package.json"]) {
@@ -287,7 +303,27 @@ async function hubCmd(v: Values, io: CliIO): Promise<number> {
     onError: (e) => io.err(`refused: ${e.code}${e.envelopeId ? ` ${e.envelopeId}` : ""}${e.reason ? ` (${e.reason})` : ""}`),
   });
   io.out(`hub "${identity.id}" listening on ${hub.address} (${identity.publicIdentity.fingerprint})`);
+  // `sealwire trust revoke` (or add) in another shell takes effect at once: the file is re-read when it changes.
+  const tp = trustPath(v, io);
+  const onTrustChange = () => {
+    loadTrustFile(tp)
+      .then((fresh) => {
+        for (const e of fresh.list()) {
+          const known = trust.get(e.id);
+          if (e.revoked && known && !known.revoked) {
+            trust.revoke(e.id);
+            io.err(`trust file: revoked "${e.id}"`);
+          } else if (!e.revoked && !known) {
+            trust.add(e.identity, { roles: e.roles, clearances: e.clearances, ...(e.address !== undefined ? { address: e.address } : {}) });
+            io.err(`trust file: added "${e.id}"`);
+          }
+        }
+      })
+      .catch((e: unknown) => io.err(`trust file not reloaded: ${SealwireError.is(e) ? `${e.code}: ${e.message}` : "unreadable"}`));
+  };
+  watchFile(tp, { interval: 250, persistent: false }, onTrustChange);
   await waitForStop(io);
+  unwatchFile(tp, onTrustChange);
   await hub.close();
   await audit?.close();
   identity.close();
@@ -313,7 +349,16 @@ async function agentFor(v: Values, io: CliIO, onError?: (e: SealwireError) => vo
 async function listenCmd(v: Values, io: CliIO): Promise<number> {
   const count = v.count === undefined ? Infinity : Number(v.count);
   if (!(count > 0) || (count !== Infinity && !Number.isInteger(count))) throw usage("--count must be a positive integer");
-  const { agent, identity } = await agentFor(v, io, (e) => io.err(`refused: ${e.code}${e.envelopeId ? ` ${e.envelopeId}` : ""}${e.reason ? ` (${e.reason})` : ""}`));
+  let reconnecting = false;
+  const { agent, identity } = await agentFor(v, io, (e) => {
+    if (e.code === "ERR_CONNECTION_REFUSED" || e.code === "ERR_NO_ROUTE" || e.code === "ERR_CONNECTION_ABORTED" || e.code === "ERR_TIMEOUT") {
+      if (!reconnecting) io.err(`hub unreachable (${e.code}); reconnecting…`);
+      reconnecting = true;
+      return;
+    }
+    reconnecting = false;
+    io.err(`refused: ${e.code}${e.envelopeId ? ` ${e.envelopeId}` : ""}${e.reason ? ` (${e.reason})` : ""}`);
+  });
   io.err(`"${identity.id}" connected to ${v.hub}; waiting for messages`);
   const stop = new AbortController();
   void waitForStop(io).then(() => stop.abort());

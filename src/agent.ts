@@ -336,6 +336,8 @@ export class Agent {
       ...(replyTo !== undefined ? { replyTo } : {}),
     });
     const confirmed = options.waitForDelivery && this.#opts.hub !== undefined ? this.#awaitDelivery(id) : undefined;
+    // The hub connection may die while the frame is written (and be retried): never leave this rejection unhandled.
+    confirmed?.catch(() => {});
     try {
       await this.#deliverFrame(to, sealed.bytes, options.signal);
     } catch (e) {
@@ -755,7 +757,7 @@ export class Agent {
       this.#reconnectTimer = undefined;
       this.#hubConnection(undefined, false).catch((e) => this.#report(e));
     }, delay);
-    this.#reconnectTimer.unref?.();
+    // Not unref'd: a process whose only work is an agent waiting for its hub must stay alive to reconnect.
   }
 
   /** Returns false if the frame was refused. `ack` is called with the envelope id once it was processed. */

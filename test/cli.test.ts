@@ -63,6 +63,14 @@ describe("sealwire CLI walk-through (keygen, trust, hub, listen, send, doctor)",
     expect(doc.code, doc.stdout).toBe(0);
     expect(doc.stdout).toMatch(/reached the hub "hub"/);
 
+    // `trust revoke` in another shell takes effect on the running hub: bob is refused from then on.
+    expect((await run(["trust", "revoke", "bob"], { env })).code).toBe(0);
+    const t1 = Date.now();
+    while (!hubOut.some((l) => l.includes('revoked "bob"')) && Date.now() - t1 < 5000) await new Promise((r) => setTimeout(r, 20));
+    expect(hubOut.some((l) => l.includes('revoked "bob"')), hubOut.join("\n")).toBe(true);
+    const afterRevoke = await run(["send", "--hub", hubUrl, "--key", f("bob.key"), "--to", "alice", "hi"], { env });
+    expect(afterRevoke.code).toBe(1);
+
     stopHub.abort();
     expect((await hubRun).code).toBe(0);
     const hubPub = JSON.parse(readFileSync(f("hub.key.pub"), "utf8"));
