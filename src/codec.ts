@@ -2,7 +2,7 @@
  * The wire codec: MessagePack (msgpackr) restricted to plain data.
  *
  * Before msgpackr sees a byte from the network, {@link assertPlainMsgpack} walks the encoding iteratively and
- * refuses anything that is not nil/bool/int/float/str/bin/array/map: no extension types (msgpackr records,
+ * refuses anything that is not nil/bool/int/finite float/str/bin/array/map: no extension types (msgpackr records,
  * timestamps, structures), no non-string or `__proto__` map keys, no integers beyond 2^53, no invalid UTF-8, no
  * trailing bytes, and bounded depth and item count. Only then is the value decoded, so decoding is bounded in time
  * and memory by the input size, and can produce nothing but plain objects, arrays, strings, numbers and bytes.
@@ -21,9 +21,18 @@ import { Packr, Unpackr } from "msgpackr";
 import { sealwireError } from "./errors.js";
 
 const packr = new Packr({ useRecords: false, moreTypes: false, bundleStrings: false, variableMapSize: true });
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, moreTypes: false, bundleStrings: false });
+// int64AsType "number": msgpackr would otherwise return every 64-bit integer as a BigInt (found by fuzzing); the
+// walker already refuses integers beyond 2^53, so "number" is exact.
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, moreTypes: false, bundleStrings: false, int64AsType: "number" });
 // For payloads: byte strings are copied out of the input, so wiping the plaintext buffer cannot touch them.
-const copyingUnpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, moreTypes: false, bundleStrings: false, copyBuffers: true });
+const copyingUnpackr = new Unpackr({
+  useRecords: false,
+  mapsAsObjects: true,
+  moreTypes: false,
+  bundleStrings: false,
+  copyBuffers: true,
+  int64AsType: "number",
+});
 
 /** Encodes plain data as MessagePack. */
 export function encode(value: unknown): Uint8Array {
@@ -101,8 +110,9 @@ export function assertPlainMsgpack(buf: Uint8Array, maxDepth = 8, maxItems = 409
         case 0xc4: need(1); pos += 1 + dv.getUint8(pos); break; // bin8
         case 0xc5: need(2); pos += 2 + dv.getUint16(pos); break; // bin16
         case 0xc6: need(4); pos += 4 + dv.getUint32(pos); break; // bin32
-        case 0xca: pos += 4; break; // float32
-        case 0xcb: pos += 8; break; // float64
+        // Floats must be finite: NaN and ±Infinity are not plain data (and JSON cannot carry them).
+        case 0xca: need(4); if (!Number.isFinite(dv.getFloat32(pos))) throw decodeError(); pos += 4; break; // float32
+        case 0xcb: need(8); if (!Number.isFinite(dv.getFloat64(pos))) throw decodeError(); pos += 8; break; // float64
         case 0xcc: case 0xd0: pos += 1; break;
         case 0xcd: case 0xd1: pos += 2; break;
         case 0xce: case 0xd2: pos += 4; break;

@@ -492,6 +492,9 @@ function kdfProblem(k: KdfParams, maxMemoryBytes: number): string | null {
   if (!Number.isInteger(k.logN) || k.logN < L.minLogN || k.logN > L.maxLogN) return `logN must be an integer from ${L.minLogN} to ${L.maxLogN}`;
   if (!Number.isInteger(k.r) || k.r < 1 || k.r > L.maxR) return `r must be an integer from 1 to ${L.maxR}`;
   if (!Number.isInteger(k.p) || k.p < 1 || k.p > L.maxP) return `p must be an integer from 1 to ${L.maxP}`;
+  // RFC 7914 §2: N must be less than 2^(128·r/8). OpenSSL throws on such parameters and leaves an error on its
+  // queue that breaks the next, unrelated key import in the process (found by fuzzing): refuse them first.
+  if (k.logN >= 16 * k.r) return `scrypt needs N < 2^(16·r) (RFC 7914): logN ${k.logN} is too large for r = ${k.r}`;
   const N = 2 ** k.logN;
   if (128 * k.r * N > maxMemoryBytes) return `scrypt memory 128·r·N = ${128 * k.r * N} bytes exceeds the limit of ${maxMemoryBytes}`;
   if (N * k.r * k.p > L.maxWork) return `scrypt work N·r·p = ${N * k.r * k.p} exceeds the limit of ${L.maxWork}`;
@@ -586,9 +589,16 @@ async function deriveKey(provider: CryptoProvider, pass: Uint8Array, salt: Uint8
   if (provider.name === "noble") {
     return scryptAsync(pass, saltIn, { N, r: k.r, p: k.p, dkLen: 32, maxmem });
   }
-  const key = await new Promise<Buffer>((resolve, reject) =>
-    nc.scrypt(pass, saltIn, 32, { N, r: k.r, p: k.p, maxmem }, (err, dk) => (err ? reject(err) : resolve(dk))),
-  );
+  const key = await new Promise<Buffer>((resolve, reject) => {
+    try {
+      nc.scrypt(pass, saltIn, 32, { N, r: k.r, p: k.p, maxmem }, (err, dk) =>
+        err ? reject(sealwireError("ERR_KEYSTORE_FORMAT", "the keystore's scrypt parameters were refused by the KDF")) : resolve(dk),
+      );
+    } catch {
+      // node:crypto validates some parameters synchronously (RangeError): never let that escape as a non-coded error.
+      reject(sealwireError("ERR_KEYSTORE_FORMAT", "the keystore's scrypt parameters were refused by the KDF"));
+    }
+  });
   return new Uint8Array(key.buffer, key.byteOffset, key.byteLength);
 }
 
