@@ -235,8 +235,9 @@ function u64(v: number): Uint8Array {
   putU64(b, 0, v);
   return b;
 }
+const HEX_BYTE = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
 function hex8(x: number): string {
-  return (x >>> 0).toString(16).padStart(8, "0");
+  return HEX_BYTE[x >>> 24]! + HEX_BYTE[(x >>> 16) & 0xff]! + HEX_BYTE[(x >>> 8) & 0xff]! + HEX_BYTE[x & 0xff]!;
 }
 
 /** The envelope id of `seq` in stream `sid`: the stream id with its last 8 bytes XORed with u64be(seq), as hex. */
@@ -299,7 +300,9 @@ export function checkpointSignedBytes(
 /**
  * Verifies a recorded checkpoint (e.g. from the audit trail) against the sender's Ed25519 public key and the
  * digests of the envelopes it covers (`d_first … d_last`, e.g. the `digest` of each opened envelope). For
- * auditors: true only if the sender signed exactly this chain.
+ * auditors: true only if the sender signed exactly this chain. Across records, also check the links: each
+ * checkpoint's `prevHead` is the previous one's `head` (the first one's is {@link sessionChainInit}), unless a
+ * `gap` event lies between them.
  */
 export function verifySessionCheckpoint(
   p: CryptoProvider,
@@ -548,6 +551,10 @@ export interface KnownHeaderPrefix {
   readonly to: string;
 }
 
+/** Scratch for reading a big-endian float64 without allocating. */
+const F64_BYTES = new Uint8Array(8);
+const F64_VIEW = new DataView(F64_BYTES.buffer);
+
 /** Fast-path cursor state (module-level: the parser is synchronous and not re-entrant). */
 let rb: Uint8Array = EMPTY;
 let rp = 0;
@@ -590,7 +597,8 @@ function rUint(): number {
   }
   if (t === 0xcb) {
     if (p + 9 > b.length) return -1;
-    const v = new DataView(b.buffer, b.byteOffset + p + 1, 8).getFloat64(0);
+    for (let i = 0; i < 8; i++) F64_BYTES[i] = b[p + 1 + i]!;
+    const v = F64_VIEW.getFloat64(0);
     if (!Number.isSafeInteger(v) || v < TWO32) return -1;
     rp = p + 9;
     return v;
@@ -1699,13 +1707,9 @@ export class SessionReceiver {
     const me = env.recipient;
     const p = me.provider;
     const h = env.header;
-    let ctx: HpkeContext;
+    // As EnvelopeOpener.decrypt: setupAuthR fails with ERR_DECRYPT on a bad `enc`, ERR_CLOSED on a closed identity.
+    const ctx = setupAuthR(p, env.wire.enc, me.sealingKey(), HPKE_INFO, p.x25519Public(env.sender.sealPublicKey));
     let pt: Uint8Array;
-    try {
-      ctx = setupAuthR(p, env.wire.enc, me.sealingKey(), HPKE_INFO, p.x25519Public(env.sender.sealPublicKey));
-    } catch (e) {
-      throw sealwireError("ERR_DECRYPT", `envelope ${h.id} could not be decrypted`, { envelopeId: h.id, cause: e });
-    }
     try {
       pt = ctx.open(env.headerBytes, env.ciphertext);
     } catch (e) {
