@@ -850,6 +850,20 @@ class Session {
     this.#timer = setInterval(() => this.#tick(), Math.max(50, Math.floor(cfg.keepaliveMs / 2)));
     this.#timer.unref();
     void nc.closed().then((err) => this.#lost(err));
+    void this.#watch();
+  }
+
+  /** After a reconnect (possibly to another server), every connection checks at once that nothing was lost. */
+  async #watch(): Promise<void> {
+    try {
+      for await (const s of this.nc.status()) {
+        if (s.type !== "reconnect") continue;
+        for (const c of [...this.outConns.values()]) c.ping();
+        for (const r of [...this.routers.values()]) for (const c of [...r.conns.values()]) c.ping();
+      }
+    } catch {
+      /* the status iterator ends with the connection */
+    }
   }
 
   get js(): JetStreamClient {
@@ -1298,10 +1312,10 @@ class CoreConnection implements Connection {
         this.#onData(p.value, data);
         return;
       case Op.Credit:
-        if (p.value > this.#credit && p.value <= this.#sentBytes) {
-          this.#credit = p.value;
-          if (this.#state === State.Open && this.#sentBytes - this.#credit < this.#sendHwm) this.#drains.wake();
-        }
+        this.#onCredit(p.value);
+        return;
+      case Op.Ping:
+        this.#onPing(p.value, data);
         return;
       case Op.Close:
         this.#onRemoteClose(p.value, true);
@@ -1317,7 +1331,7 @@ class CoreConnection implements Connection {
         this.remoteFailed(sealwireError("ERR_CONNECTION_ABORTED", "the remote end aborted the connection"));
         return;
       default:
-        return; // PING only refreshes liveness; anything else is ignored
+        return; // anything else is ignored
     }
   }
 
@@ -1403,8 +1417,40 @@ class CoreConnection implements Connection {
       this.#protocolError(sealwireError("ERR_CONNECTION_ABORTED", `the peer sent nothing for ${cfg.idleTimeoutMs} ms; it is gone`));
       return;
     }
-    if ((this.#state === State.Open || this.#state === State.Closing) && now - this.#lastTx > cfg.keepaliveMs) {
-      this.#send(Op.Ping, 0);
+    if (now - this.#lastTx > cfg.keepaliveMs) this.ping();
+  }
+
+  /**
+   * Sends PING with the number of frames sent (the peer checks it received them all: PING follows them on the
+   * same publisher, so a shortfall means frames were lost) and the bytes consumed (a lost CREDIT is repaired).
+   * Sent on idle and right after the NATS client reconnected, so a loss is found within a round trip.
+   */
+  ping(): void {
+    if (this.#finished || (this.#state !== State.Open && this.#state !== State.Closing)) return;
+    const body = new Uint8Array(8);
+    const v = new DataView(body.buffer);
+    v.setUint32(0, Math.floor(this.#consumed / 2 ** 32));
+    v.setUint32(4, this.#consumed >>> 0);
+    this.#creditSent = Math.max(this.#creditSent, this.#consumed);
+    this.#send(Op.Ping, this.#sentSeq, body);
+  }
+
+  #onPing(sent: number, data: Uint8Array): void {
+    if (this.#finished || this.#state === State.Dialling) return;
+    if (sent > this.#recvSeq) {
+      this.#protocolError(sealwireError("ERR_CONNECTION_ABORTED", "frames were lost in transit (NATS reconnect or slow consumer); dial again"));
+      return;
+    }
+    if (data.byteLength >= HEADER_BYTES + 8) {
+      const v = new DataView(data.buffer, data.byteOffset, data.byteLength);
+      this.#onCredit(v.getUint32(HEADER_BYTES) * 2 ** 32 + v.getUint32(HEADER_BYTES + 4));
+    }
+  }
+
+  #onCredit(consumed: number): void {
+    if (consumed > this.#credit && consumed <= this.#sentBytes) {
+      this.#credit = consumed;
+      if (this.#state === State.Open && this.#sentBytes - this.#credit < this.#sendHwm) this.#drains.wake();
     }
   }
 
@@ -2036,7 +2082,7 @@ class DurableListener implements Listener, SessionUser {
 
   #dispatch(m: JsMsg): void {
     if (this.#stopped) {
-      m.nak();
+      m.nak(this.#session.cfg.durable.pullExpiresMs + 500); // see release()
       return;
     }
     const p = parse(m.data);
@@ -2083,15 +2129,35 @@ class DurableListener implements Listener, SessionUser {
     }
   }
 
-  /** Gives entries back to JetStream for redelivery. */
+  /**
+   * Gives entries back to JetStream for redelivery (nobody here will read them). The nak is delayed past the
+   * expiry of our last pull request: JetStream would otherwise hand them straight back to that request, whose
+   * inbox is gone, and they would come back only after `ackWaitMs`, behind newer messages. Naks go in stream
+   * order, so the redelivery keeps it.
+   */
   release(entries: Entry[]): void {
+    entries.sort((a, b) => a.seq - b.seq);
+    const delay = this.#session.cfg.durable.pullExpiresMs + 500;
     for (const e of entries) {
       this.#forget(e);
       try {
-        e.msg.nak();
+        e.msg.nak(delay);
       } catch {
         /* connection gone: ack_wait redelivers it */
       }
+    }
+  }
+
+  /**
+   * A mailbox was closed while the listener still accepts: its unfinished entries move, in order, to the next
+   * mailbox instead of a round trip through JetStream (which could reorder them behind newer deliveries).
+   */
+  requeue(entries: Entry[]): void {
+    if (this.#isClosed || this.#stopped) return this.release(entries);
+    entries.sort((a, b) => a.seq - b.seq);
+    const mb = this.#currentMailbox();
+    for (const e of entries) {
+      if (mb === undefined || !mb.inbox.push(e)) this.release([e]);
     }
   }
 
@@ -2222,24 +2288,32 @@ class Mailbox implements Connection {
     return this.#state === State.Open ? Promise.resolve() : Promise.reject(sealwireError("ERR_CONNECTION_CLOSED", "the mailbox was closed"));
   }
 
-  /** Stops reading: frames not yet taken, and the one being handled, go back to the stream for redelivery. */
+  /**
+   * Stops reading: frames not yet taken, and the one being handled, are not acknowledged. They go to the next
+   * mailbox if the listener is still open, else back to the stream for redelivery.
+   */
   close(): Promise<void> {
     if (this.#state !== State.Open) return Promise.resolve();
     this.#state = State.Closed;
-    this.#owner.release([...this.#taken.splice(0), ...this.inbox.stop()]);
+    const unfinished = [...this.#taken.splice(0), ...this.inbox.stop()];
     this.#resolveClosed(undefined);
+    this.#owner.requeue(unfinished);
     this.#owner.mailboxEnded(this);
     return Promise.resolve();
   }
 
-  /** Aborts: the frame the reader took is acknowledged (it was handled: the agent aborts after refusing it). */
+  /**
+   * Aborts: the frame the reader took is acknowledged (it was handled: the agent aborts after refusing it); the
+   * rest go to the next mailbox, or back to the stream if the listener is closed.
+   */
   abort(err?: Error): void {
     if (this.#state !== State.Open) return;
     const error = err instanceof Error ? err : sealwireError("ERR_CONNECTION_ABORTED", "the mailbox was aborted locally");
     this.#state = State.Aborted;
     for (const e of this.#taken.splice(0)) this.#owner.acknowledge(e);
-    this.#owner.release(this.inbox.fail(error));
+    const unfinished = this.inbox.fail(error);
     this.#resolveClosed(error);
+    this.#owner.requeue(unfinished);
     this.#owner.mailboxEnded(this);
   }
 
