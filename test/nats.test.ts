@@ -17,6 +17,7 @@
  * ```
  */
 import { inspect } from "node:util";
+import { AckPolicy, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import fc from "fast-check";
 import { nats, natsSubjectFor, type NatsInit } from "sealwire/transports/nats";
@@ -485,6 +486,25 @@ describe("nats durable on a real server: the mailbox and its ack seam", () => {
     await l.close();
     const again = await b.listen(b.addressFor!("solo"));
     await again.close();
+  });
+});
+
+describe("nats durable: JetStream objects it did not create", () => {
+  it("refuses a consumer under the agent's name that filters another subject (it would deliver nothing)", async () => {
+    const c = await single.get();
+    const ns = `squat-${Date.now()}`;
+    const t = nats({ servers: c.urls(), mode: "durable", namespace: ns });
+    const out = await t.dial(t.addressFor!("victim")); // creates the stream
+    await out.close();
+    const raw = await rawClient(c);
+    try {
+      const jsm = await jetstreamManager(raw);
+      await jsm.consumers.add(`SEALWIRE_${ns}`, { durable_name: "sealwire-victim", filter_subject: `sealwire.${ns}.other.d`, ack_policy: AckPolicy.Explicit });
+      const err = await rejectsCode(t.listen(t.addressFor!("victim")), "ERR_INVALID_ARGUMENT");
+      expect(err.message).toMatch(/another configuration/);
+    } finally {
+      await raw.close();
+    }
   });
 });
 

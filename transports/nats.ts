@@ -2026,14 +2026,32 @@ class DurableListener implements Listener, SessionUser {
       max_ack_pending: d.maxAckPending,
       max_deliver: -1,
     };
+    let existing: Awaited<ReturnType<typeof jsm.consumers.info>> | undefined;
     try {
-      await jsm.consumers.info(streamName(ns), config.durable_name);
+      existing = await jsm.consumers.info(streamName(ns), config.durable_name);
     } catch (err) {
       if (!/not found/i.test(String((err as Error).message))) throw mapNatsError(err, "listen()");
+    }
+    if (existing === undefined) {
       try {
         await jsm.consumers.add(streamName(ns), config);
-      } catch (err2) {
-        throw mapNatsError(err2, "creating the durable consumer");
+      } catch (err) {
+        throw mapNatsError(err, "creating the durable consumer");
+      }
+    } else {
+      // A consumer under our name that filters another subject or acknowledges differently would silently
+      // deliver nothing (or lose envelopes): refuse it rather than guess.
+      const c = existing.config;
+      if (c.filter_subject !== config.filter_subject || c.ack_policy !== AckPolicy.Explicit || c.deliver_subject !== undefined) {
+        throw sealwireError(
+          "ERR_INVALID_ARGUMENT",
+          `the JetStream consumer ${config.durable_name} on ${streamName(ns)} exists with another configuration; delete it`,
+        );
+      }
+      if (c.ack_wait !== config.ack_wait || c.max_ack_pending !== config.max_ack_pending) {
+        await jsm.consumers
+          .update(streamName(ns), config.durable_name, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending })
+          .catch(() => {}); // tuning only: the old values still deliver everything
       }
     }
     // Frames held for a slow reader must not be redelivered (ack_wait is short so that deliveries lost in a
