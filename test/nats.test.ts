@@ -379,7 +379,9 @@ describe("nats core on a real server", () => {
         const conn = (await within(accept.next(), `accept (${what})`)).value as Connection;
         await eventually(() => got.some((g) => opOf(g) === OP.Accept), `ACCEPT (${what})`);
         misbehave(id, reply);
-        expectCode((await new FrameReader(conn).untilError(`the abort (${what})`)).error, code);
+        // Not reading: the frames stay queued, so a peer past the window really overflows it.
+        expectCode(await within(conn.closed, `the abort (${what})`), code);
+        await rejectsCode(new FrameReader(conn).next(), code, `the reader sees ${code} (${what})`);
         if (code !== "ERR_CONNECTION_ABORTED") await eventually(() => got.some((g) => opOf(g) === OP.Abort), `ABORT sent to the peer (${what})`);
       }
     } finally {
@@ -746,7 +748,7 @@ describe("durable mode: SIGKILL of the stream leader in the middle of 10,000 env
     // Redeliveries were dropped before the agent: its replay cache never had to refuse one.
     expect(bobErrors.filter((e) => e === "ERR_REPLAY")).toEqual([]);
     expect(aliceErrors).toEqual([]);
-    expect(longestGap).toBeLessThan(15_000);
+    expect(longestGap).toBeLessThan(20_000); // nats-server elects a new raft leader 4-9 s after losing one
   }, 120_000);
 
   it("core: when the sender's server dies, the connection fails fast (not silently stuck) and the agent gets through again", async () => {
