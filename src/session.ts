@@ -41,8 +41,9 @@
  *     complete (at most {@link MAX_PENDING_CHECKPOINTS}), verifies them in order, and reports each
  *     ({@link SessionEvent} `checkpoint`, with the digests it covers) for the audit trail. A checkpoint whose
  *     signature, chain link (`prev` must be the head it verified last) or digests do not match is refused
- *     (ERR_CHECKPOINT) and the stream is closed; so is a sender that leaves more than `maxUncheckpointed`
- *     envelopes uncovered. An interval that can never be completed (an envelope in it, or the checkpoint before
+ *     (ERR_CHECKPOINT) and the stream is closed; so is a stream with no verified checkpoint within
+ *     `maxUncheckpointed` sequence numbers (a sender that does not checkpoint, or a burst of loss longer than
+ *     about `maxUncheckpointed - replayWindow - checkpointEvery` envelopes: the sender then re-opens). An interval that can never be completed (an envelope in it, or the checkpoint before
  *     it, fell out of the replay window unseen) is reported as a `gap`, and the chain resumes from the next
  *     checkpoint's `prev`. Plaintext is released before the checkpoint covering it arrives: non-repudiation
  *     lags by at most `checkpointEvery` envelopes or `checkpointIntervalMs`.
@@ -487,6 +488,25 @@ export function encodeSessionHeader(h: SessionWireHeader): Uint8Array {
   if (!ok.success || !headerRulesHold(ok.data)) throw sealwireError("ERR_INVALID_ARGUMENT", "not a valid session header");
   const n = writeHeader(h, headerPrefix(h.sid, h.from, h.to));
   return SCRATCH.slice(0, n);
+}
+
+// Continuation frames are carved from a module-private slab: a fresh 1 KiB typed array costs an off-heap,
+// zero-filled allocation (~1 µs here), a view on the slab a few tens of ns. The slab only ever holds frames — wire
+// bytes, never plaintext or keys — and is 64 KiB, so a frame kept for long retains at most that. Large frames get
+// their own buffer. (codec.encode hands out views on msgpackr's slab the same way.)
+const SLAB_BYTES = 64 * 1024;
+const SLAB_MAX_FRAME = 16 * 1024;
+let slab = new Uint8Array(SLAB_BYTES);
+let slabAt = 0;
+function frameBuffer(n: number): Uint8Array {
+  if (n > SLAB_MAX_FRAME) return new Uint8Array(n);
+  if (slabAt + n > SLAB_BYTES) {
+    slab = new Uint8Array(SLAB_BYTES);
+    slabAt = 0;
+  }
+  const v = slab.subarray(slabAt, slabAt + n);
+  slabAt = (slabAt + n + 7) & ~7; // 8-byte aligned starts
+  return v;
 }
 
 /** Encodes the continuation wire frame `[2, header, ct]` (the bytes codec.encode would produce). */
@@ -1182,7 +1202,7 @@ export class SessionSender {
     const ctLen = payload.length + 16;
     const hStart = 2 + binPrefixLen(hlen);
     const cStart = hStart + hlen + binPrefixLen(ctLen);
-    const frame = new Uint8Array(cStart + ctLen);
+    const frame = frameBuffer(cStart + ctLen); // every byte is written below
     frame[0] = 0x93;
     frame[1] = SESSION_VERSION;
     binPrefix(frame, 2, hlen);
@@ -1830,7 +1850,9 @@ export class SessionReceiver {
         // Far ahead of the verified chain: lost intervals may resolve as gaps first; else the sender is not
         // checkpointing and we will not hold its digests without bound.
         if (s.pending.size > 0) this.#resolve(s, id);
-        if (!s.dead && h.seq - s.ckptPos > this.#maxUncovered) this.#fail(s, id, `no checkpoint covers the last ${this.#maxUncovered} envelopes`);
+        if (!s.dead && h.seq - s.ckptPos > this.#maxUncovered) {
+          this.#fail(s, id, `no verified checkpoint within the last ${this.#maxUncovered} sequence numbers (the sender is not checkpointing, or too many envelopes were lost); the sender must re-open`);
+        }
       }
       s.putDigest(h.seq, digest);
       if (h.ck !== undefined) {
