@@ -1918,25 +1918,28 @@ export class SessionReceiver {
       const tp = this.#trust.provider;
       const msg = checkpointSignedBytes(s.sid, s.skid, s.rkid, ck.first, last, ck.prev, head, ck.fin);
       if (!tp.ed25519Verify(tp.ed25519Public(s.signPub), msg, ck.sig)) this.#fail(s, id, "a checkpoint signature does not verify");
-      const digests: string[] = [];
-      for (const part of parts) for (let o = 0; o < part.length; o += 32) digests.push(toHex(part.subarray(o, o + 32)));
       s.pending.delete(carrier);
+      if (this.#onEvent) {
+        const digests: string[] = [];
+        for (const part of parts) for (let o = 0; o < part.length; o += 32) digests.push(toHex(part.subarray(o, o + 32)));
+        this.#emit({
+          kind: "checkpoint",
+          from: s.from,
+          to: this.#identity.id,
+          senderKid: s.skid,
+          recipientKid: s.rkid,
+          streamId: s.sidHex,
+          firstSeq: ck.first,
+          lastSeq: last,
+          prevHead: toHex(ck.prev),
+          head: toHex(head),
+          signature: Buffer.from(ck.sig).toString("base64url"),
+          final: ck.fin,
+          digests: Object.freeze(digests),
+        });
+      }
+      // After the event: resolveTo frees the ring slots `parts` views.
       s.resolveTo(last, head);
-      this.#emit({
-        kind: "checkpoint",
-        from: s.from,
-        to: this.#identity.id,
-        senderKid: s.skid,
-        recipientKid: s.rkid,
-        streamId: s.sidHex,
-        firstSeq: ck.first,
-        lastSeq: last,
-        prevHead: toHex(ck.prev),
-        head: toHex(head),
-        signature: Buffer.from(ck.sig).toString("base64url"),
-        final: ck.fin,
-        digests: Object.freeze(digests),
-      });
       if (ck.fin) this.#finalDrop(s, carrier);
     }
   }
