@@ -956,8 +956,21 @@ class Session {
       this.closed = true;
       this.#shutdown();
       this.#onEmpty(this);
-      void this.nc.close().catch(() => {});
+      // Flush first: the last acknowledgements and CLOSE messages must reach the server, or JetStream would
+      // redeliver envelopes the agent already took.
+      void this.flushed().then(() => this.nc.close().catch(() => {}));
     }
+  }
+
+  /** Resolves once the server has everything published so far (or after 2 s, or if the connection is gone). */
+  flushed(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      this.nc.flush().catch(() => {}),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, 2000);
+      }),
+    ]).finally(() => clearTimeout(timer));
   }
 
   #shutdown(): void {
@@ -2202,6 +2215,7 @@ class DurableListener implements Listener, SessionUser {
     this.#maybeStop();
   }
 
+  /** Stops accepting; resolves once the acknowledgements sent so far reached the server. */
   close(): Promise<void> {
     if (this.#isClosed) return Promise.resolve();
     this.#isClosed = true;
@@ -2212,7 +2226,12 @@ class DurableListener implements Listener, SessionUser {
       mb.abort(sealwireError("ERR_CONNECTION_ABORTED", "the listener closed before accepting this connection"));
     }
     this.#maybeStop();
-    return Promise.resolve();
+    return this.#session.flushed();
+  }
+
+  /** Resolves once the acknowledgements (and naks) sent so far reached the server. */
+  flushed(): Promise<void> {
+    return this.#session.flushed();
   }
 
   sessionClosed(err: SealwireError): void {
@@ -2317,7 +2336,7 @@ class Mailbox implements Connection {
     this.#resolveClosed(undefined);
     this.#owner.requeue(unfinished);
     this.#owner.mailboxEnded(this);
-    return Promise.resolve();
+    return this.#owner.flushed();
   }
 
   /**
