@@ -93,6 +93,7 @@ export class TrustStore {
   readonly #byId = new Map<string, TrustEntry>();
   readonly #bySealKey = new Map<string, string>();
   readonly #revokeListeners = new Set<(entry: TrustEntry) => void>();
+  readonly #keyRetiredListeners = new Set<(id: string, kid: string) => void>();
   readonly #provider: CryptoProvider;
 
   constructor(options: { provider?: CryptoProvider } = {}) {
@@ -246,6 +247,7 @@ export class TrustStore {
     else {
       // Only the previous key is revoked: end its overlap window now.
       this.#byId.set(st.id, Object.freeze({ ...e, previous: undefined }));
+      for (const fn of this.#keyRetiredListeners) try { fn(st.id, st.kid); } catch { /* like onRevoke: the others still run */ }
     }
     return { kind: "revocation", id: st.id, kid: st.kid, by: st.by, applied: true };
   }
@@ -272,6 +274,16 @@ export class TrustStore {
   onRevoke(fn: (entry: TrustEntry) => void): () => void {
     this.#revokeListeners.add(fn);
     return () => this.#revokeListeners.delete(fn);
+  }
+
+  /**
+   * Calls `fn(id, kid)` whenever {@link applyStatement} revokes only the previous key of `id` (ending its overlap
+   * window early; `onRevoke` does not fire then), so sessions opened with that key can be closed at once.
+   * Returns an unsubscribe function.
+   */
+  onKeyRetired(fn: (id: string, kid: string) => void): () => void {
+    this.#keyRetiredListeners.add(fn);
+    return () => this.#keyRetiredListeners.delete(fn);
   }
 
   /** All entries, revoked ones included, sorted by id. */
