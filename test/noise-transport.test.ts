@@ -1,7 +1,8 @@
 /**
  * The Noise secure-channel transport (`noise()` in `transports/noise/channel.ts`): the shared Transport compliance
  * suite over `noise(memory())` with XX and with IK; pattern choice; trust checks both ways (untrusted dialer,
- * wrong or untrusted responder, unknown or revoked `remotePeer`); revocation and identity close mid-stream;
+ * wrong or untrusted responder, unknown or revoked `remotePeer`); revocation and identity close mid-stream; key
+ * rotation (the overlap window, channels bound to the key they were opened with, revoking the previous key alone);
  * tampered, replayed, dropped and reordered frames; pattern-byte and prologue downgrades; the wire format against
  * a hand-driven HandshakeState; chunking and the 65535-byte message limit; rekeying in step and failing closed
  * when out of step; bounded handshakes (stalled, garbage, half-finished, replayed); audit records; wiping;
@@ -539,6 +540,142 @@ describe("noise(): trust", () => {
     await eventually(() => env.alice.audit.of("handshake_failed").filter((e) => e.reason === "ERR_UNTRUSTED_PEER").length === 1, "refused");
     bob2.close();
     bob3.close();
+  });
+
+  it("revoking only the previous key ends at once the channels opened with it (current or previous then) with ERR_KEY_RETIRED; new-key channels stay", async () => {
+    const env = await aliceAndBob();
+    const la = await env.ta.listen("mem://alice");
+    cleanups.push(() => la.close());
+    const acceptAlice = acceptor(la);
+    const k1 = env.bob.identity.kid;
+    // c0/s0: alice dialled bob while k1 was bob's current key.
+    const { client: c0, server: s0 } = await connected(env);
+    const retired: [string, string][] = [];
+    const revoked: string[] = [];
+    const unsubscribe = [
+      env.alice.trust.onKeyRetired((id, kid) => retired.push([id, kid])),
+      env.alice.trust.onRevoke((e) => revoked.push(e.id)),
+    ];
+    cleanups.push(() => unsubscribe.forEach((u) => u()));
+    const { identity: bob2, statement } = rotateIdentity(env.bob.identity);
+    env.alice.trust.applyStatement(statement, { overlapMs: 60_000 });
+    // c1/s1: old bob (k1, now the previous key) reaches alice inside the window.
+    const oldBob = over(env.bob, env.inner);
+    const [c1, s1] = await Promise.all([oldBob.dial("mem://alice"), acceptAlice()]);
+    expect(env.alice.audit.of("handshake").at(-1)).toMatchObject({ peer: "bob", kid: k1 });
+    // c2/s2: new bob (k2), pinned by alice.
+    const newBob = over({ ...env.bob, identity: bob2 }, env.inner);
+    const lb2 = await newBob.listen("mem://bob2");
+    cleanups.push(() => lb2.close());
+    const [c2, s2] = await Promise.all([env.ta.dial("mem://bob2", { remotePeer: "bob" }), acceptor(lb2)()]);
+    cleanups.push(() => {
+      for (const c of [c1, s1, c2, s2]) c.abort();
+    });
+    // All three carry traffic (the frames on c0 and s1 also make alice look at the rotated entry).
+    c0.send(utf8("c0"));
+    c1.send(utf8("c1"));
+    c2.send(utf8("c2"));
+    const readers = { s0: new FrameReader(s0), s1: new FrameReader(s1), s2: new FrameReader(s2) };
+    for (const [name, r] of Object.entries(readers)) expect(sameBytes((await r.next())!, utf8(name.replace("s", "c")))).toBe(true);
+
+    env.alice.trust.applyStatement(createRevocation(env.bob.identity, { id: "bob", kid: k1 }));
+    // At once (synchronously), both k1 channels at alice; the k2 channel stays.
+    expect([c0.isOpen, s1.isOpen, c2.isOpen]).toEqual([false, false, true]);
+    expect(retired).toEqual([["bob", k1]]);
+    expect(revoked).toEqual([]);
+    expectCode(await c0.closed, "ERR_KEY_RETIRED");
+    expectCode(await s1.closed, "ERR_KEY_RETIRED");
+    expectCode((await readers.s0.untilError()).error, "ERR_CONNECTION_ABORTED");
+    expectCode((await new FrameReader(c1).untilError()).error, "ERR_CONNECTION_ABORTED");
+    c2.send(utf8("still here"));
+    expect(sameBytes((await readers.s2.next())!, utf8("still here"))).toBe(true);
+    // The same revocation again is refused (the store no longer knows k1) and fires nothing; k1 is refused.
+    throwsCode(() => env.alice.trust.applyStatement(createRevocation(env.bob.identity, { id: "bob", kid: k1 })), "ERR_STATEMENT_INVALID");
+    expect(retired.length).toBe(1);
+    await rejectsCode(oldBob.dial("mem://alice"), "ERR_NOISE_HANDSHAKE");
+    await eventually(() => env.alice.audit.of("handshake_failed").some((e) => e.reason === "ERR_UNTRUSTED_PEER"), "refused");
+    bob2.close();
+  });
+
+  it("a channel opened while a key was current ends with that key's overlap window once it is rotated out, also when idle", async () => {
+    // Traffic after the rotation makes alice notice it; the channel then ends at the window's end by itself.
+    {
+      const env = await aliceAndBob();
+      const { client, server } = await connected(env);
+      const { identity: bob2, statement } = rotateIdentity(env.bob.identity);
+      const t0 = Date.now();
+      env.alice.trust.applyStatement(statement, { overlapMs: 300 });
+      client.send(utf8("after the rotation"));
+      const serverReader = new FrameReader(server);
+      expect(sameBytes((await serverReader.next())!, utf8("after the rotation"))).toBe(true);
+      expect(client.isOpen).toBe(true);
+      expectCode(await within(client.closed, "the window's end"), "ERR_KEY_RETIRED");
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
+      expectCode((await serverReader.untilError()).error, "ERR_CONNECTION_ABORTED");
+      bob2.close();
+    }
+    // Idle past the window: alice's next send is refused with a coded error (an agent re-dials), not sent.
+    {
+      const env = await aliceAndBob();
+      const { client, server } = await connected(env);
+      const serverReader = new FrameReader(server);
+      const { identity: bob2, statement } = rotateIdentity(env.bob.identity);
+      env.alice.trust.applyStatement(statement, { overlapMs: 0 });
+      await new Promise((r) => setTimeout(r, 5));
+      const err = throwsCode(() => client.send(utf8("too late")), "ERR_CONNECTION_CLOSED");
+      expectCode(err.cause, "ERR_KEY_RETIRED");
+      expectCode(await client.closed, "ERR_KEY_RETIRED");
+      expect((await serverReader.untilError()).frames).toEqual([]);
+      bob2.close();
+    }
+    // Idle past the window, and the peer speaks first: its frame is not delivered under the retired key.
+    {
+      const env = await aliceAndBob();
+      const { client, server } = await connected(env);
+      const clientReader = new FrameReader(client);
+      const { identity: bob2, statement } = rotateIdentity(env.bob.identity);
+      env.alice.trust.applyStatement(statement, { overlapMs: 0 });
+      await new Promise((r) => setTimeout(r, 5));
+      server.send(utf8("from the old key"));
+      const { frames, error } = await clientReader.untilError();
+      expect(frames).toEqual([]);
+      expectCode(error, "ERR_KEY_RETIRED");
+      bob2.close();
+    }
+  });
+
+  it("TrustStore.onKeyRetired fires only when a revocation drops the previous key (not for the current key, nor twice); listeners are isolated", async () => {
+    const trust = new TrustStore();
+    const carol = await generateIdentity("carol");
+    const dave = await generateIdentity("dave");
+    trust.add(carol.publicIdentity);
+    trust.add(dave.publicIdentity);
+    const seen: string[] = [];
+    const revoked: string[] = [];
+    const offThrowing = trust.onKeyRetired(() => {
+      throw new Error("a failing listener");
+    });
+    const off = trust.onKeyRetired((id, kid) => seen.push(`${id}:${kid}`));
+    trust.onRevoke((e) => revoked.push(e.id));
+    const { identity: carol2, statement } = rotateIdentity(carol);
+    trust.applyStatement(statement);
+    expect(seen).toEqual([]); // a rotation alone retires nothing early
+    trust.applyStatement(createRevocation(carol, { id: "carol", kid: carol.kid }));
+    expect(seen).toEqual([`carol:${carol.kid}`]);
+    expect(trust.get("carol")!.previous).toBeUndefined();
+    throwsCode(() => trust.applyStatement(createRevocation(carol, { id: "carol", kid: carol.kid })), "ERR_STATEMENT_INVALID");
+    expect(seen.length).toBe(1);
+    expect(revoked).toEqual([]);
+    trust.applyStatement(createRevocation(dave, { id: "dave", kid: dave.kid })); // the current key: onRevoke
+    expect(revoked).toEqual(["dave"]);
+    expect(seen.length).toBe(1);
+    off();
+    offThrowing();
+    const { identity: carol3, statement: s3 } = rotateIdentity(carol2);
+    trust.applyStatement(s3);
+    trust.applyStatement(createRevocation(carol2, { id: "carol", kid: carol2.kid }));
+    expect(seen.length).toBe(1); // unsubscribed
+    for (const id of [carol, carol2, carol3, dave]) id.close();
   });
 
   it("closing the identity aborts its channels (ERR_CLOSED), closes its listeners, and refuses new dials and listens", async () => {

@@ -30,11 +30,24 @@
  *    `rekeyAfterBytes` ciphertext bytes since the last rekey, whichever comes first. The sender counts what it
  *    encrypts and the receiver what it decrypts, so both stay in step without signalling; a peer with other
  *    limits fails authentication at the first message past the shorter limit (fail closed).
+ * 5. Session age: a channel lives at most `maxSessionAgeMs`; then it ends gracefully so the next `dial`
+ *    handshakes again with fresh ephemeral keys (forward secrecy per session, and no session outlives its
+ *    schedule whatever the traffic). The responder ends it at `maxSessionAgeMs`, the initiator at
+ *    `maxSessionAgeMs + min(maxSessionAgeMs, handshakeTimeoutMs)` (a backstop, should the responder not do so):
+ *    one side usually starts the close and the other answers, rather than both at once. The side that ends a
+ *    channel for age sends `END` after everything it already accepted, refuses further `send`s with
+ *    `ERR_CONNECTION_CLOSED` (so a caller such as an agent re-dials and sends again: nothing is lost silently),
+ *    and keeps the wire open and keeps reading until the peer's `END` (at most `handshakeTimeoutMs`): frames the
+ *    peer sent before it learnt of the close are still delivered. A side that reads the peer's `END` while open
+ *    stops accepting sends, flushes what it already accepted, answers with its own `END` and closes the wire.
  *
  * **Trust.** The remote static key must belong to a trusted, unrevoked agent (`trust.findBySealKey`) and, when the
  * dialer named `remotePeer`, be that agent's key; otherwise the handshake stops before any application frame with
  * `ERR_UNTRUSTED_PEER` (an XX dialer stops before sending its own static key). `trust.onRevoke` aborts open
- * connections to the revoked peer at once with `ERR_REVOKED_PEER`; `identity.onClose` aborts every connection
+ * connections to the revoked peer at once with `ERR_REVOKED_PEER`. A channel is bound to the peer key it was
+ * opened with: when that key is rotated out, the channel is aborted with `ERR_KEY_RETIRED` at the end of the
+ * key's overlap window (a past-window key is refused at the handshake with the same code), and at once when that
+ * key alone is revoked (`trust.onKeyRetired`); `identity.onClose` aborts every connection
  * (`ERR_CLOSED`) and closes every listener. With an `audit` sink, each handshake is recorded (`handshake` before
  * the connection is handed out, and a failure to record refuses the connection; `handshake_failed` with the
  * error code otherwise). Records carry ids, key ids and codes only.
@@ -94,6 +107,10 @@ export const DEFAULT_BACKLOG = 128;
 export const DEFAULT_REKEY_AFTER_MESSAGES = 65_536;
 /** Default rekey interval in ciphertext bytes per direction: 1 GiB. */
 export const DEFAULT_REKEY_AFTER_BYTES = 1 * GiB;
+/** Default longest life of one channel before it is ended and the next dial handshakes again: 1 hour. */
+export const DEFAULT_MAX_SESSION_AGE_MS = 3_600_000;
+/** Shortest `maxSessionAgeMs` accepted: a channel must live long enough to carry something. */
+export const MIN_SESSION_AGE_MS = 100;
 /** The inner transport must carry frames of at least this many bytes (the largest handshake message is 97). */
 export const MIN_INNER_FRAME_BYTES = 256;
 
@@ -102,6 +119,9 @@ const MAX_HANDSHAKE_TIMEOUT_MS = 600_000;
 const MAX_COUNT_LIMIT = 65_536;
 const MAX_REKEY_MESSAGES = 2 ** 32;
 const MAX_REKEY_BYTES = 2 ** 50;
+const MAX_SESSION_AGE_MS = 30 * 24 * 3_600_000;
+/** setTimeout holds at most 2^31 − 1 ms; longer waits re-arm ({@link Deadline}). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Transport message header: one flags byte. */
 const HEADER_BYTES = 1;
@@ -189,6 +209,14 @@ export interface NoiseInit {
   rekeyAfterMessages?: number | undefined;
   /** Rekey each direction after this many ciphertext bytes since the last rekey. Both peers must agree. @default 1 GiB */
   rekeyAfterBytes?: number | undefined;
+  /**
+   * Longest life of one channel, in ms (100 ms to 30 days). Then it is ended gracefully (`END`, then close) and
+   * the next `dial` handshakes again with fresh ephemeral keys; a `send` from then on throws
+   * `ERR_CONNECTION_CLOSED` (agents re-dial and send again). The responder ends it on time, the initiator a
+   * little later as a backstop (see the module notes); peers need not agree.
+   * @default 3600000 (1 hour)
+   */
+  maxSessionAgeMs?: number | undefined;
   /** Records every handshake and refusal (an `AuditLog`). */
   audit?: NoiseAuditSink | undefined;
 }
@@ -204,6 +232,7 @@ interface Config {
   readonly backlog: number;
   readonly rekeyAfterMessages: number;
   readonly rekeyAfterBytes: number;
+  readonly maxSessionAgeMs: number;
   readonly audit: NoiseAuditSink | undefined;
   readonly prologue: Readonly<Record<PatternName, Uint8Array>>;
 }
@@ -219,6 +248,7 @@ const INIT_KEYS: ReadonlySet<string> = new Set([
   "backlog",
   "rekeyAfterMessages",
   "rekeyAfterBytes",
+  "maxSessionAgeMs",
   "audit",
 ]);
 
@@ -273,6 +303,7 @@ function resolveConfig(init: unknown): Config {
     backlog: intOption(o.backlog, "backlog", 1, MAX_COUNT_LIMIT, DEFAULT_BACKLOG),
     rekeyAfterMessages: intOption(o.rekeyAfterMessages, "rekeyAfterMessages", 1, MAX_REKEY_MESSAGES, DEFAULT_REKEY_AFTER_MESSAGES),
     rekeyAfterBytes: intOption(o.rekeyAfterBytes, "rekeyAfterBytes", 1, MAX_REKEY_BYTES, DEFAULT_REKEY_AFTER_BYTES),
+    maxSessionAgeMs: intOption(o.maxSessionAgeMs, "maxSessionAgeMs", MIN_SESSION_AGE_MS, MAX_SESSION_AGE_MS, DEFAULT_MAX_SESSION_AGE_MS),
     audit,
     prologue: { XX: noisePrologue(inner.kind, "XX"), IK: noisePrologue(inner.kind, "IK") },
   };
@@ -319,6 +350,41 @@ function protocolError(what: string): SealwireError<"ERR_PROTOCOL"> {
   return sealwireError("ERR_PROTOCOL", `the peer sent ${what} on the Noise channel; the connection was aborted`);
 }
 
+/**
+ * Calls `fn` once `clock()` reaches `at` (ms), with unref'd timers (an open channel alone does not keep a process
+ * alive) re-armed past setTimeout's 2^31 − 1 ms limit and whenever a timer fires early by that clock.
+ */
+class Deadline {
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    readonly at: number,
+    fn: () => void,
+    clock: () => number,
+  ) {
+    const arm = (): void => {
+      const wait = this.at - clock();
+      if (wait <= 0) {
+        this.#timer = undefined;
+        fn();
+        return;
+      }
+      this.#timer = setTimeout(arm, Math.min(Math.ceil(wait), MAX_TIMER_MS));
+      this.#timer.unref?.();
+    };
+    this.#timer = setTimeout(arm, Math.min(Math.max(0, Math.ceil(this.at - clock())), MAX_TIMER_MS));
+    this.#timer.unref?.();
+  }
+
+  cancel(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+}
+
+const wallClock = (): number => Date.now();
+const monotonicClock = (): number => performance.now();
+
 /** Codes a failed handshake reports as they are; anything else becomes ERR_NOISE_HANDSHAKE. */
 const HANDSHAKE_PASS_CODES: ReadonlySet<string> = new Set([
   "ERR_NOISE_HANDSHAKE",
@@ -355,32 +421,41 @@ function untrusted(): SealwireError<"ERR_UNTRUSTED_PEER"> {
   );
 }
 
+function keyRetired(peer: string): SealwireError<"ERR_KEY_RETIRED"> {
+  return sealwireError(
+    "ERR_KEY_RETIRED",
+    `the remote used a key of "${peer}" that was rotated out and whose overlap window has passed`,
+  );
+}
+
 /**
- * Looks the remote static key up in the TrustStore; refuses unknown, revoked and unexpected peers. We decide
- * ourselves which of the entry's keys matched: the current sealing key, or the previous one only within its
- * rotation overlap window (`findBySealKey` also maps older keys to the entry).
+ * Looks the remote static key up in the TrustStore; refuses unknown, revoked and unexpected peers.
+ * `findBySealKey(rs, now)` answers for the current key, and for the previous key only inside its overlap window;
+ * a previous key past its window is refused with `ERR_KEY_RETIRED` (found by asking as of the epoch, when every
+ * window was open), so the audit says why rather than just "untrusted".
  */
 function verifyPeer(trust: TrustStore, rs: Uint8Array | null, expected: string | undefined): VerifiedPeer {
-  const entry = rs === null ? undefined : trust.findBySealKey(rs);
-  if (rs === null || entry === undefined) throw untrusted();
-  if (expected !== undefined && entry.id !== expected) {
-    throw sealwireError(
+  if (rs === null) throw untrusted();
+  const now = Date.now();
+  const entry = trust.findBySealKey(rs, now);
+  const notExpected = (): SealwireError<"ERR_UNTRUSTED_PEER"> =>
+    sealwireError(
       "ERR_UNTRUSTED_PEER",
       `the remote authenticated as another agent, not the expected peer "${expected}"; check the address`,
     );
+  if (entry === undefined) {
+    const stale = trust.findBySealKey(rs, 0);
+    if (stale === undefined || stale.previous === undefined || !equalBytes(rs, stale.previous.sealPublicKey)) throw untrusted();
+    if (expected !== undefined && stale.id !== expected) throw notExpected();
+    throw keyRetired(stale.id);
   }
+  if (expected !== undefined && entry.id !== expected) throw notExpected();
   if (equalBytes(rs, entry.sealPublicKey)) return { entry, kid: entry.identity.kid, retiresAt: undefined };
   const previous = entry.previous;
-  if (previous !== undefined && equalBytes(rs, previous.sealPublicKey)) {
-    if (Date.now() > previous.validUntil) {
-      throw sealwireError(
-        "ERR_KEY_RETIRED",
-        `the remote used a key of "${entry.id}" that was rotated out and whose overlap window has passed`,
-      );
-    }
+  if (previous !== undefined && equalBytes(rs, previous.sealPublicKey) && now <= previous.validUntil) {
     return { entry, kid: previous.kid, retiresAt: previous.validUntil };
   }
-  throw untrusted(); // a key the entry no longer lists (older rotations, or a revoked previous key)
+  throw untrusted(); // not reached with the current TrustStore; fail closed if it ever answers otherwise
 }
 
 function expectLength(msg: Uint8Array, n: number): void {
@@ -417,6 +492,8 @@ function auditFailed(cause: unknown): SealwireError<"ERR_AUDIT_IO"> {
 interface Resource {
   /** The remote agent id, once known (revocation ends resources by peer). */
   peer: string | undefined;
+  /** The id of the remote key it was authenticated with, once known (revoking that key alone ends it). */
+  kid: string | undefined;
   kill(err: SealwireError): void;
 }
 
@@ -460,10 +537,11 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
   let hs: HandshakeState | undefined;
   const res: Resource = {
     peer: role.initiator ? role.expected?.id : undefined,
+    kid: undefined,
     kill: (err) => {
       if (stop !== undefined) return;
       stop = err;
-      quiet = err.code !== "ERR_TIMEOUT" && err.code !== "ERR_REVOKED_PEER";
+      quiet = err.code !== "ERR_TIMEOUT" && err.code !== "ERR_REVOKED_PEER" && err.code !== "ERR_KEY_RETIRED";
       (conn ?? raw).abort(err);
     },
   };
@@ -522,6 +600,7 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
       // XX: decide on the responder before revealing our own static key in message 3.
       verified = verifyPeer(cfg.trust, hs.remoteStaticKey, role.expected?.id);
       res.peer = verified.entry.id;
+      res.kid = verified.kid;
       if (p === "XX") write(hs.writeMessage(EMPTY)); // -> s, se
     } else {
       const m1 = await read();
@@ -546,10 +625,12 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
         expectEmpty(hs.readMessage(m3)); // -> s, se
         verified = verifyPeer(cfg.trust, hs.remoteStaticKey, undefined);
         res.peer = verified.entry.id;
+        res.kid = verified.kid;
       } else {
         // IK: refuse an untrusted initiator before answering at all.
         verified = verifyPeer(cfg.trust, hs.remoteStaticKey, undefined);
         res.peer = verified.entry.id;
+        res.kid = verified.kid;
         write(hs.writeMessage(EMPTY)); // <- e, ee, se
       }
     }
@@ -557,7 +638,7 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
     hs.destroy();
     hs = undefined;
     const peerId = verified.entry.id;
-    conn = new NoiseConnection(env, raw, it, send, receive, peerId);
+    conn = new NoiseConnection(env, raw, it, send, receive, verified);
     if (stop !== undefined) throw stop; // ended (e.g. revoked) between the last read and now
     if (verified.retiresAt !== undefined) conn.retireAt(verified.retiresAt);
 
@@ -586,6 +667,10 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
       await recordAudit(cfg, success);
       if (stop !== undefined) throw stop;
     }
+    // Established: the session's age counts from here. The responder ends it on time; the initiator only as a
+    // backstop a little later, so normally one side closes and the other answers (module notes, item 5).
+    const age = cfg.maxSessionAgeMs;
+    conn.expireAfter(role.initiator ? age + Math.min(age, cfg.handshakeTimeoutMs) : age);
     return conn;
   } catch (e) {
     const err = stop ?? asHandshakeFailure(conn?.failure ?? e);
@@ -664,14 +749,37 @@ class NoiseConnection implements Connection {
   #pumping = false;
   #lastVerdict = true;
   #flushWaiters: Set<Waiter> | undefined;
-  #retireTimer: ReturnType<typeof setTimeout> | undefined;
+  // the peer key this channel was authenticated with, and the trust entry last checked against it
+  readonly #kid: string;
+  #entry: TrustEntry;
+  /** Set while that key is a rotated-out one: the end of its overlap window. */
+  #retire: Deadline | undefined;
+  /** The session's end of life (maxSessionAgeMs). */
+  #age: Deadline | undefined;
+  // graceful end (module notes, item 5)
+  /** The peer's authenticated END was read. */
+  #remoteEnd = false;
+  /** Our close waits for the peer's END before it closes the wire (set by the session-age close). */
+  #awaitPeerEnd = false;
+  /** Ends that wait early: the peer's END arrived, or the wire ended. */
+  #peerEndWaiter: (() => void) | undefined;
 
-  constructor(env: Env, inner: Connection, it: AsyncIterator<Uint8Array>, tx: CipherState, rx: CipherState, peer: string) {
+  constructor(
+    env: Env,
+    inner: Connection,
+    it: AsyncIterator<Uint8Array>,
+    tx: CipherState,
+    rx: CipherState,
+    verified: VerifiedPeer,
+  ) {
+    const peer = verified.entry.id;
     this.#env = env;
     this.#inner = inner;
     this.#it = it;
     this.#tx = tx;
     this.#rx = rx;
+    this.#kid = verified.kid;
+    this.#entry = verified.entry;
     this.remoteAddr = inner.remoteAddr;
     this.remotePeer = peer;
     this.maxFrameBytes = env.cfg.maxFrameBytes;
@@ -679,7 +787,7 @@ class NoiseConnection implements Connection {
     this.#chunkBytes = Math.max(MIN_MORE_CHUNK_BYTES, messageBytes - TAG_BYTES - HEADER_BYTES);
     this.#maxQueuedBytes = 2 * this.maxFrameBytes + 64 * KiB;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
-    this.#resource = { peer, kill: (err) => this.abort(err) };
+    this.#resource = { peer, kid: verified.kid, kill: (err) => this.abort(err) };
     env.track(this.#resource);
     inner.closed.then(
       (e) => this.#innerEnded(e),
@@ -698,6 +806,8 @@ class NoiseConnection implements Connection {
 
   send(frame: Uint8Array): boolean {
     if (!(frame instanceof Uint8Array)) throw invalid("send(frame): frame must be a Uint8Array");
+    // One Map lookup per frame: entries are replaced on every change, so an unchanged one needs no more thought.
+    if (this.#state === OPEN && this.#env.cfg.trust.get(this.remotePeer) !== this.#entry) this.#recheckKey();
     if (this.#state !== OPEN || this.#tx === null || !this.#inner.isOpen) {
       throw sealwireError("ERR_CONNECTION_CLOSED", "send() on a closed connection; dial a new one", { cause: this.#error });
     }
@@ -768,6 +878,7 @@ class NoiseConnection implements Connection {
     this.#dropQueue(error);
     this.#inner.abort(error);
     this.#settle(error); // no-op after a completed graceful close: abort takes back nothing
+    this.#peerEndWaiter?.();
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
@@ -802,22 +913,58 @@ class NoiseConnection implements Connection {
   // ----- handshake phase ----------------------------------------------------------------------------------------
 
   /**
-   * The peer authenticated with a rotated-out key: end the channel when its overlap window does
+   * The peer's key for this channel is a rotated-out one: end the channel when its overlap window does
    * (`ERR_KEY_RETIRED`), so a session cannot outlive the key it was opened with.
    */
   retireAt(when: number): void {
-    const wait = when - Date.now();
-    // setTimeout holds at most 2^31 - 1 ms; longer windows re-arm.
-    this.#retireTimer = setTimeout(
-      () => {
-        if (Date.now() < when) return this.retireAt(when);
-        this.abort(
-          sealwireError("ERR_KEY_RETIRED", `the key "${this.remotePeer}" used for this channel was rotated out; reconnect`),
-        );
-      },
-      Math.min(Math.max(0, wait) + 1, 2 ** 31 - 1),
+    // Past `when`, not at it: findBySealKey still accepts the key at exactly validUntil.
+    if (this.#settled || this.#retire?.at === when + 1) return;
+    this.#retire?.cancel();
+    this.#retire = new Deadline(when + 1, () => this.abort(this.#retiredError()), wallClock);
+  }
+
+  /** Ends the channel gracefully `ms` from now (maxSessionAgeMs; module notes, item 5). */
+  expireAfter(ms: number): void {
+    if (this.#settled) return;
+    this.#age?.cancel();
+    this.#age = new Deadline(monotonicClock() + ms, () => this.#expire(), monotonicClock);
+  }
+
+  #expire(): void {
+    if (this.#state !== OPEN) return;
+    this.#awaitPeerEnd = true;
+    this.close().catch(() => {}); // a failure aborts the connection, which reports it
+  }
+
+  #retiredError(): SealwireError<"ERR_KEY_RETIRED"> {
+    return sealwireError(
+      "ERR_KEY_RETIRED",
+      `the key of "${this.remotePeer}" this secure channel was opened with was rotated out or revoked; reconnect`,
     );
-    this.#retireTimer.unref?.();
+  }
+
+  /**
+   * The peer's trust entry changed since we last looked (a rotation, a revoked previous key, new roles): is the
+   * key this channel was opened with still good? A key that became the previous one ends with its overlap window;
+   * a key the entry no longer lists ends the channel now. Returns false after aborting the connection.
+   */
+  #recheckKey(): boolean {
+    const e = this.#env.cfg.trust.get(this.remotePeer);
+    let err: SealwireError;
+    if (e === undefined || e.revoked) {
+      err = sealwireError("ERR_REVOKED_PEER", `peer "${this.remotePeer}" was revoked; its secure channel was closed`);
+    } else if (e.identity.kid === this.#kid) {
+      this.#entry = e;
+      return true;
+    } else if (e.previous !== undefined && e.previous.kid === this.#kid && Date.now() <= e.previous.validUntil) {
+      this.#entry = e;
+      this.retireAt(e.previous.validUntil);
+      return true;
+    } else {
+      err = this.#retiredError();
+    }
+    this.abort(err);
+    return false;
   }
 
   /** Sends the key confirmation message (handshake phase only). */
@@ -912,7 +1059,10 @@ class NoiseConnection implements Connection {
         w.resolve();
       }
     } catch (e) {
-      if (this.#state === OPEN || this.#state === CLOSING) {
+      // After the peer's END, a wire the peer already closed is the end of a graceful close, not a failure: what
+      // was still queued is dropped and its drain() callers get ERR_CONNECTION_CLOSED (so they send it again).
+      const peerClosed = this.#remoteEnd && SealwireError.is(e, "ERR_CONNECTION_CLOSED");
+      if ((this.#state === OPEN || this.#state === CLOSING) && !peerClosed) {
         this.abort(e instanceof Error ? e : sealwireError("ERR_CONNECTION_ABORTED", "the inner connection failed"));
       } else {
         this.#dropQueue(this.#endedError());
@@ -951,10 +1101,19 @@ class NoiseConnection implements Connection {
 
   async #finishClose(signal: AbortSignal | undefined): Promise<void> {
     try {
-      await this.#flushed(signal);
+      // No await unless something is queued: with nothing to flush, END is written and the wire closed before
+      // close() (or #remoteEnded) returns, so an abort() right after (say, by a reader that saw the end) finds the
+      // wire already closed gracefully and cannot take back what was sent.
+      if (this.#queuedBytes > 0) await this.#flushed(signal);
       if (this.#state === CLOSING && this.#inner.isOpen) {
         this.#write(FLAG_END, EMPTY, 0, 0); // authenticated end of stream
-        await this.#flushed(signal);
+        if (this.#queuedBytes > 0) await this.#flushed(signal);
+      }
+      // Session-age close: keep reading until the peer answers with its END (or the wire ends, or time is up),
+      // so frames the peer sent before it saw ours are delivered, not cut off with the wire.
+      if (this.#awaitPeerEnd) {
+        await this.#peerEnded();
+        if (this.#state === ABORTED) throw this.#error; // aborted while waiting: close() reports it
       }
       await this.#inner.close(signal ? { signal } : undefined);
       if (this.#state === CLOSING) this.#state = CLOSED;
@@ -962,10 +1121,36 @@ class NoiseConnection implements Connection {
       if (this.#readDone) this.#releaseInbox();
     } catch (e) {
       if (this.#state === CLOSED) return; // the peer closed first: the connection is closed all the same
+      if (this.#remoteEnd && this.#state === CLOSING && SealwireError.is(e, "ERR_CONNECTION_CLOSED")) {
+        // Answering the peer's END, and the peer had already closed the wire: a graceful end all the same.
+        this.#state = CLOSED;
+        this.#wipeTx();
+        this.#inner.close().catch(() => {});
+        return;
+      }
       const err = this.#error ?? (e instanceof Error ? e : sealwireError("ERR_CONNECTION_ABORTED", "close() failed"));
       this.abort(err);
       throw err;
     }
+  }
+
+  /** Resolves when the peer's END was read, the wire ended, or after `handshakeTimeoutMs` (then we stop waiting). */
+  #peerEnded(): Promise<void> {
+    if (this.#remoteEnd || this.#settled || !this.#inner.isOpen) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        // The peer is not reading (or not answering): close the wire ourselves. Its end is then ours, not a cut.
+        this.#awaitPeerEnd = false;
+        done();
+      }, this.#env.cfg.handshakeTimeoutMs);
+      timer.unref?.();
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#peerEndWaiter = undefined;
+        resolve();
+      };
+      this.#peerEndWaiter = done;
+    });
   }
 
   // ----- reading ------------------------------------------------------------------------------------------------
@@ -998,7 +1183,8 @@ class NoiseConnection implements Connection {
         if (msg === undefined) {
           this.#readDone = true;
           this.#wipeRx();
-          if (parts === undefined && this.#closedLocally) return DONE;
+          // After our own close the wire's end is ours, unless we are waiting for the peer's END (session age).
+          if (parts === undefined && this.#closedLocally && !this.#awaitPeerEnd) return DONE;
           // The wire ended without the peer's END (or mid-frame): someone cut the stream. Say so.
           const err = sealwireError(
             "ERR_CONNECTION_ABORTED",
@@ -1008,6 +1194,9 @@ class NoiseConnection implements Connection {
           throw err;
         }
         const pt = this.#open(msg);
+        if (this.#state <= CLOSING && this.#env.cfg.trust.get(this.remotePeer) !== this.#entry && !this.#recheckKey()) {
+          throw this.#readError ?? this.#endedError();
+        }
         const flags = pt[0];
         const body = pt.subarray(HEADER_BYTES);
         if (flags === 0 || flags === FLAG_MORE) {
@@ -1093,12 +1282,23 @@ class NoiseConnection implements Connection {
     return err;
   }
 
-  /** The peer's authenticated END arrived: its stream is over and it is closing the wire. */
+  /**
+   * The peer's authenticated END arrived: its stream is over. If we were open, we stop accepting sends, flush
+   * what we accepted, answer with our own END and close the wire (the peer may be waiting for our END: module
+   * notes, item 5). If we were closing, our close finishes by itself.
+   */
   #remoteEnded(): void {
     this.#readDone = true;
+    this.#remoteEnd = true;
     this.#wipeRx();
-    if (this.#state === OPEN) this.#state = CLOSED;
-    this.#inner.close().catch(() => {});
+    this.#peerEndWaiter?.();
+    if (this.#state === OPEN) {
+      this.#state = CLOSING;
+      this.#closing = this.#finishClose(undefined);
+      this.#closing.catch(() => {}); // a failure aborts the connection, which reports it
+    } else if (this.#state !== CLOSING) {
+      this.#inner.close().catch(() => {});
+    }
   }
 
   #stopReading(): void {
@@ -1123,6 +1323,7 @@ class NoiseConnection implements Connection {
 
   /** The inner connection ended: gracefully (`undefined`) or with an error. */
   #innerEnded(e: Error | undefined): void {
+    this.#peerEndWaiter?.();
     if (e === undefined) {
       if (this.#state === OPEN || this.#state === CLOSING) this.#state = CLOSED;
       this.#wipeTx(); // the receiving key stays until the frames already delivered to us are read
@@ -1142,7 +1343,8 @@ class NoiseConnection implements Connection {
   #settle(err: Error | undefined): void {
     if (this.#settled) return;
     this.#settled = true;
-    clearTimeout(this.#retireTimer);
+    this.#retire?.cancel();
+    this.#age?.cancel();
     this.#resolveClosed(err);
     this.#env.untrack(this.#resource);
   }
@@ -1192,7 +1394,7 @@ class NoiseListener implements Listener {
     this.#env = env;
     this.#inner = inner;
     this.addr = inner.addr;
-    this.#resource = { peer: undefined, kill: () => void this.close().catch(() => {}) };
+    this.#resource = { peer: undefined, kid: undefined, kill: () => void this.close().catch(() => {}) };
     env.track(this.#resource);
     void this.#acceptLoop();
   }
@@ -1376,6 +1578,7 @@ class NoiseTransport implements Transport {
       const { trust, identity } = this.#cfg;
       this.#subscriptions = [
         trust.onRevoke((entry) => this.#revoked(entry.id)),
+        trust.onKeyRetired((id, kid) => this.#keyRetired(id, kid)),
         identity.onClose(() => this.#identityClosed()),
       ];
     }
@@ -1392,6 +1595,15 @@ class NoiseTransport implements Transport {
     for (const r of [...this.#resources]) {
       if (r.peer === peer) {
         r.kill(sealwireError("ERR_REVOKED_PEER", `peer "${peer}" was revoked; its secure channel was closed`));
+      }
+    }
+  }
+
+  /** A peer's previous key alone was revoked (its overlap window ended early): end what was opened with it. */
+  #keyRetired(peer: string, kid: string): void {
+    for (const r of [...this.#resources]) {
+      if (r.peer === peer && r.kid === kid) {
+        r.kill(sealwireError("ERR_KEY_RETIRED", `the key of "${peer}" this secure channel was opened with was revoked; reconnect`));
       }
     }
   }
