@@ -749,7 +749,10 @@ describe("durable mode: SIGKILL of the stream leader in the middle of 10,000 env
     // Redeliveries were dropped before the agent: its replay cache never had to refuse one.
     expect(bobErrors.filter((e) => e === "ERR_REPLAY")).toEqual([]);
     expect(aliceErrors).toEqual([]);
-    expect(longestGap).toBeLessThan(20_000); // nats-server elects a new raft leader 4-9 s after losing one
+    // nats-server elects a new raft leader 4-9 s after losing one (longer if a vote splits): that part no client
+    // setting can shorten. What the transport adds on top (re-pull, reconnect, redelivery) must stay small.
+    const election = Math.max(elected.stream, roles.includes("consumer leader") ? elected.consumer : 0);
+    expect(longestGap).toBeLessThan(election > 0 ? election + 5_000 : 30_000);
   }, 120_000);
 
   it("core: when the sender's server dies, the connection fails fast (not silently stuck) and the agent gets through again", async () => {
