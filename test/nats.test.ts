@@ -424,6 +424,29 @@ describe("nats core on a real server", () => {
     client.abort();
   });
 
+  it("puts the dialling side's reply subjects under inboxPrefix (for servers that restrict subscriptions)", async () => {
+    const c = await single.get();
+    const raw = await rawClient(c);
+    const seen: string[] = [];
+    raw.subscribe("_SW.crew.>", { callback: (_e, m) => void seen.push(m.subject) });
+    await raw.flush();
+    const t = nats({ servers: c.urls(), inboxPrefix: "_SW.crew" });
+    try {
+      const l = await t.listen(t.addressFor!("prefixed"));
+      const accepted = l[Symbol.asyncIterator]().next();
+      const client = await t.dial(l.addr);
+      const server = (await within(accepted, "accept")).value as Connection;
+      server.send(new Uint8Array([5]));
+      expect([...(await new FrameReader(client).next())!]).toEqual([5]);
+      expect(seen.length).toBeGreaterThan(0);
+      expect(seen.every((subject) => /^_SW\.crew\.[^.]+\.[0-9a-f]{32}$/.test(subject))).toBe(true);
+      await client.close();
+      await l.close();
+    } finally {
+      await raw.close();
+    }
+  });
+
   it("an unreachable server fails listen and dial with ERR_CONNECTION_REFUSED", async () => {
     const t = nats({ servers: [`127.0.0.1:${await freePort()}`], connectTimeoutMs: 2000 });
     const err = await rejectsCode(t.dial(t.addressFor!("nobody")), "ERR_CONNECTION_REFUSED");
