@@ -288,12 +288,23 @@ async function hubCmd(v: Values, io: CliIO): Promise<number> {
   if (!v.listen) throw usage("hub needs --listen ws://0.0.0.0:7700");
   const identity = await loadKey(v, io);
   const trust = await loadTrustFile(trustPath(v, io));
-  const audit = v.audit
-    ? await AuditLog.open(fileSink(v.audit), {
+  let audit: AuditLog | undefined;
+  if (v.audit) {
+    try {
+      audit = await AuditLog.open(fileSink(v.audit), {
         signer: { id: identity.id, kid: identity.kid, publicKey: identity.signPublicKey, sign: (m) => identity.sign(m) },
         newSegment: v["audit-new-segment"] === true,
-      })
-    : undefined;
+      });
+    } catch (e) {
+      if (SealwireError.is(e) && (e.code === "ERR_AUDIT_TRUNCATED" || e.code === "ERR_AUDIT_TAMPERED") && !v["audit-new-segment"]) {
+        throw new SealwireError(
+          e.code,
+          `${e.message}; if the hub crashed, continue the log in a new linked segment with --audit-new-segment (nothing is rewritten), after checking it with "sealwire audit verify"`,
+        );
+      }
+      throw e;
+    }
+  }
   const hub = await createHub({
     identity,
     trust,

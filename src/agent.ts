@@ -20,7 +20,7 @@ import { toHex } from "./_bytes.js";
 import { authMessage, encodeControl, isControlFrame, parseControl } from "./_hub-protocol.js";
 import { createAttestation, verifyAttestation, type VerifiedAttestation } from "./attestation.js";
 import type { AuditEvent } from "./audit.js";
-import { SealwireError, sealwireError } from "./errors.js";
+import { SealwireError, sealwireError, type ErrorCode } from "./errors.js";
 import {
   DEFAULT_TTL_MS,
   EnvelopeOpener,
@@ -67,7 +67,7 @@ export interface AgentOptions {
   hub?: string;
   /** The hub's agent id: the hub must prove this identity (it must be in `trust`). Required in hub mode. */
   hubPeer?: string;
-  /** Reconnect backoff in hub mode. @default { minMs: 100, maxMs: 5000 } */
+  /** Reconnect backoff in hub mode (full jitter). @default { minMs: 100, maxMs: 1000 } */
   reconnect?: { minMs?: number; maxMs?: number };
   /** @default 1 MiB */
   maxEnvelopeBytes?: number;
@@ -153,6 +153,11 @@ export interface ReceivedMessage {
 }
 
 const REFUSED_FRAMES_BEFORE_CUT = 32;
+/** Why the application did not get an envelope (sent back to the hub, which tells the sender). */
+interface Refusal {
+  code: ErrorCode;
+  reason: string;
+}
 /** Hub connection failures that waiting will not cure. */
 const NOT_TRANSIENT: ReadonlySet<string> = new Set(["ERR_HUB_AUTH", "ERR_REVOKED_PEER", "ERR_UNTRUSTED_PEER", "ERR_NOISE_HANDSHAKE", "ERR_TLS"]);
 /** Longest a send waits for a reconnecting hub before ERR_NO_ROUTE. */
@@ -335,6 +340,8 @@ export class Agent {
       ...(options.type !== undefined ? { type: options.type } : {}),
       ...(replyTo !== undefined ? { replyTo } : {}),
     });
+    // Fail closed: the record is written before the envelope leaves; if it cannot be, nothing is sent.
+    await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
     const confirmed = options.waitForDelivery && this.#opts.hub !== undefined ? this.#awaitDelivery(id) : undefined;
     // The hub connection may die while the frame is written (and be retried): never leave this rejection unhandled.
     confirmed?.catch(() => {});
@@ -342,11 +349,11 @@ export class Agent {
       await this.#deliverFrame(to, sealed.bytes, options.signal);
     } catch (e) {
       this.#deliveryWaiters.delete(id);
-      confirmed?.catch(() => {});
+      // The `sent` record stands; this one says it did not leave.
+      await this.#audit({ event: "denied", envelopeId: id, from: this.id, to, decision: "deny", reason: SealwireError.is(e) ? e.code : "ERR_NO_ROUTE" }).catch(() => {});
       throw e;
     }
     await confirmed;
-    await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
     return { id, header: sealed.header };
   }
 
@@ -685,11 +692,11 @@ export class Agent {
           this.#onHubControl(frame);
           continue;
         }
-        const ok = await this.#handleFrame(frame, (id) => {
+        const ok = await this.#handleFrame(frame, (id, refusal) => {
           try {
-            conn.send(encodeControl({ kind: "sw-ack", id }));
+            conn.send(encodeControl(refusal ? { kind: "sw-refused", id, code: refusal.code, reason: refusal.reason } : { kind: "sw-ack", id }));
           } catch {
-            /* the hub is going away; it will not expect the ack */
+            /* the hub is going away; it will not expect the answer */
           }
         });
         refusedInARow = ok ? 0 : refusedInARow + 1;
@@ -749,7 +756,7 @@ export class Agent {
   #scheduleReconnect(): void {
     if (this.#closed || this.#reconnectTimer || this.#opts.hub === undefined) return;
     const min = this.#opts.reconnect?.minMs ?? 100;
-    const max = this.#opts.reconnect?.maxMs ?? 5000;
+    const max = this.#opts.reconnect?.maxMs ?? 1000;
     this.#reconnectDelay = Math.min(max, Math.max(min, this.#reconnectDelay * 2));
     // Full jitter: spread reconnecting agents so a restarted hub is not hit by all of them at once.
     const delay = Math.round(min + Math.random() * (this.#reconnectDelay - min));
@@ -760,28 +767,34 @@ export class Agent {
     // Not unref'd: a process whose only work is an agent waiting for its hub must stay alive to reconnect.
   }
 
-  /** Returns false if the frame was refused. `ack` is called with the envelope id once it was processed. */
-  async #handleFrame(frame: Uint8Array, ack?: (id: string) => void): Promise<boolean> {
+  /**
+   * Returns false if the frame was refused as garbage. `ack` is called once per well-formed envelope with its id
+   * and, unless the application got it, the refusal (code and reason) — what the hub tells the sender.
+   */
+  async #handleFrame(frame: Uint8Array, ack?: (id: string, refusal?: Refusal) => void): Promise<boolean> {
     let env: VerifiedEnvelope;
     try {
       env = this.#opener.verify(frame);
     } catch (e) {
       this.#report(e);
-      // Acknowledge refusals of well-formed envelopes too: the hub must not wait for them.
-      if (ack) {
-        const id = SealwireError.is(e) ? e.envelopeId : undefined;
-        if (id) ack(id);
-      }
+      if (ack && SealwireError.is(e) && e.envelopeId) ack(e.envelopeId, { code: e.code, reason: "" });
       return false;
     }
+    const out: { refusal?: Refusal } = {};
     try {
-      return await this.#handleVerified(frame, env);
+      return await this.#handleVerified(frame, env, out);
+    } catch (e) {
+      // An audit sink that cannot record makes the delivery fail (the application never saw the message).
+      const err = SealwireError.is(e) ? e : sealwireError("ERR_INTERNAL", "delivery failed", { cause: e });
+      this.#report(err);
+      out.refusal = { code: err.code, reason: "" };
+      return false;
     } finally {
-      ack?.(env.header.id);
+      ack?.(env.header.id, out.refusal);
     }
   }
 
-  async #handleVerified(frame: Uint8Array, env: VerifiedEnvelope): Promise<boolean> {
+  async #handleVerified(frame: Uint8Array, env: VerifiedEnvelope, out: { refusal?: Refusal }): Promise<boolean> {
     const h = env.header;
     const me = this.#self();
     const system = h.type.startsWith("sw.");
@@ -790,7 +803,7 @@ export class Agent {
     if (!system) {
       // Header phase: before decryption (Policy sees only authenticated metadata).
       const d = await evaluate(this.#policy, { ...ctxBase, phase: "header", recipient: me }, this.#policyTimeoutMs);
-      if (!d.allow) return this.#denied(h, d);
+      if (!d.allow) return this.#denied(h, d, out);
     }
     let msg: ReceivedMessage;
     let payloadBytes: Uint8Array | undefined;
@@ -808,7 +821,7 @@ export class Agent {
           attestation = verifyAttestation(this.#trust, decoded.attestation.raw, decoded.attestation.output, { now });
         } catch (e) {
           this.#report(e);
-          return this.#denied(h, { allow: false, reason: "attestation_invalid" });
+          return this.#denied(h, { allow: false, reason: "attestation_invalid" }, out);
         }
         payloadBytes = decoded.attestation.output;
       }
@@ -816,9 +829,14 @@ export class Agent {
       msg = this.#message(h, decoded.data, digest, attestation);
     } catch (e) {
       this.#report(e);
+      out.refusal = { code: SealwireError.is(e) ? e.code : "ERR_DECRYPT", reason: "" };
       return false;
     }
-    if (system) return this.#handleSystem(msg);
+    if (system) {
+      const ok = this.#handleSystem(msg);
+      if (!ok) out.refusal = { code: "ERR_PAYLOAD", reason: "" };
+      return ok;
+    }
     // Content phase: after decryption, before the application sees anything.
     const ctx: PolicyContext = {
       ...ctxBase,
@@ -828,7 +846,7 @@ export class Agent {
       ...(msg.attestation ? { attestation: msg.attestation } : {}),
     };
     const d = await evaluate(this.#policy, ctx, this.#policyTimeoutMs);
-    if (!d.allow) return this.#denied(h, d);
+    if (!d.allow) return this.#denied(h, d, out);
     await this.#audit({
       event: "delivered",
       envelopeId: h.id,
@@ -857,7 +875,8 @@ export class Agent {
   }
 
   /** A policy denied delivery: audit it, tell onError and (bounded) the sender. The frame counts as handled. */
-  async #denied(h: EnvelopeHeader, d: Decision & { allow: false }): Promise<boolean> {
+  async #denied(h: EnvelopeHeader, d: Decision & { allow: false }, out: { refusal?: Refusal }): Promise<boolean> {
+    out.refusal = { code: "ERR_POLICY_DENIED", reason: d.reason };
     await this.#audit({ event: "denied", envelopeId: h.id, from: h.from, to: h.to, tags: tagList(h.tags), decision: "deny", reason: d.reason });
     this.#report(sealwireError("ERR_POLICY_DENIED", `policy denied delivery of ${h.id} from "${h.from}": ${d.reason}`, { envelopeId: h.id, reason: d.reason }));
     if (this.#opts.notifyDenials !== false && this.#nackAllowed(h.from)) {

@@ -135,6 +135,18 @@ export class Hub {
     if (this.#o.audit) await this.#o.audit.append(event);
   }
 
+  /** Audits before acting; if the record cannot be written, the sender is refused (fail closed). */
+  async #auditOrRefuse(sender: string, id: string, event: Parameters<AuditSink["append"]>[0]): Promise<boolean> {
+    try {
+      await this.#audit(event);
+      return true;
+    } catch (e) {
+      this.#report(SealwireError.is(e) ? e : sealwireError("ERR_AUDIT_IO", "the hub's audit record could not be written", { cause: e }));
+      this.#notify(sender, { kind: "sw-refused", id, code: "ERR_AUDIT_IO", reason: "hub_audit_failed" });
+      return false;
+    }
+  }
+
   async #acceptLoop(listener: Listener): Promise<void> {
     try {
       for await (const conn of listener) {
@@ -247,14 +259,15 @@ export class Hub {
         }
         return true;
       }
-      if (c?.kind !== "sw-ack") {
+      if (c?.kind !== "sw-ack" && c?.kind !== "sw-refused") {
         this.#report(sealwireError("ERR_DECODE", `unexpected control frame from "${agent}"`));
         return false;
       }
       const f = this.#inflight.get(c.id);
       if (f && f.to === agent) {
         this.#inflight.delete(c.id);
-        this.#notify(f.from, { kind: "sw-delivered", id: c.id });
+        // The recipient's verdict goes to the sender: delivered, or refused with the recipient's code.
+        this.#notify(f.from, c.kind === "sw-ack" ? { kind: "sw-delivered", id: c.id } : { kind: "sw-refused", id: c.id, code: c.code, reason: c.reason });
       }
       return true;
     }
@@ -294,25 +307,29 @@ export class Hub {
       this.#o.policyTimeoutMs ?? POLICY_TIMEOUT_MS,
     );
     if (!d.allow) {
-      await this.#audit({ event: "denied", envelopeId: h.id, from: h.from, to: h.to, tags: h.tags.pii, decision: "deny", reason: d.reason });
+      if (!(await this.#auditOrRefuse(agent, h.id, { event: "denied", envelopeId: h.id, from: h.from, to: h.to, tags: h.tags.pii, decision: "deny", reason: d.reason }))) return true;
       this.#notify(agent, { kind: "sw-refused", id: h.id, code: "ERR_POLICY_DENIED", reason: d.reason });
       return true; // a policy decision, not garbage: do not count toward cutting the connection
     }
     const expiresAt = Math.min(h.createdAt + h.ttlMs, now + (this.#o.queueTtlMs ?? 60_000));
+    const q = this.#queues.get(h.to) ?? [];
     const target = this.#sessions.get(h.to);
-    if (target && this.#forward(target, frame, h.id, h.from, h.to, h.createdAt + h.ttlMs)) {
-      await this.#audit({ event: "relayed", envelopeId: h.id, from: h.from, to: h.to, tags: h.tags.pii, decision: "allow" });
+    if (!target && q.length >= (this.#o.maxQueuePerRecipient ?? 256)) {
+      if (!(await this.#auditOrRefuse(agent, h.id, { event: "denied", envelopeId: h.id, from: h.from, to: h.to, tags: h.tags.pii, decision: "deny", reason: "queue_full" }))) return true;
+      this.#refuse(agent, h.id, "ERR_QUEUE_FULL", "recipient_offline");
       return true;
     }
-    const q = this.#queues.get(h.to) ?? [];
+    // Fail closed: nothing is relayed or queued without its record.
+    const relayed = { event: "relayed" as const, envelopeId: h.id, from: h.from, to: h.to, tags: h.tags.pii, decision: "allow" as const, ...(target ? {} : { reason: "queued" }) };
+    if (!(await this.#auditOrRefuse(agent, h.id, relayed))) return true;
+    const live = this.#sessions.get(h.to);
+    if (live && this.#forward(live, frame, h.id, h.from, h.to, h.createdAt + h.ttlMs)) return true;
     if (q.length >= (this.#o.maxQueuePerRecipient ?? 256)) {
-      await this.#audit({ event: "denied", envelopeId: h.id, from: h.from, to: h.to, tags: h.tags.pii, decision: "deny", reason: "queue_full" });
       this.#refuse(agent, h.id, "ERR_QUEUE_FULL", "recipient_offline");
       return true;
     }
     q.push({ frame, id: h.id, from: h.from, expiresAt });
     this.#queues.set(h.to, q);
-    await this.#audit({ event: "relayed", envelopeId: h.id, from: h.from, to: h.to, tags: h.tags.pii, decision: "allow", reason: "queued" });
     void conn;
     return true;
   }
