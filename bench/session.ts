@@ -31,7 +31,8 @@ const PAYLOAD = 1024;
 /**
  * As `measurePair`, but each sample is timed in process CPU time (user + system, every thread of the process, so
  * GC helper threads count against the measured code) instead of wall time: on a shared, loaded box this estimates
- * what one dedicated core would do. Supplementary to the wall-clock rows, and labelled as such.
+ * what one dedicated core would do (co-tenants still slow it through the shared caches and memory bandwidth).
+ * Supplementary to the wall-clock rows, and labelled as such.
  */
 function measurePairCpu(
   a: [string, (i: number) => void],
