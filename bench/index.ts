@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: every measurement beside its baseline from the same run, with the ratio, medians of several
  * samples after warm-up. `--markdown` prints a Markdown table; `--quick` takes fewer samples (used by tests);
- * `--only <group>` runs one group (envelope, noise, websocket, hub, nats).
+ * `--only <group>` runs one group (envelope, session, noise, websocket, hub, nats).
  *
  * @module
  * @example
@@ -15,6 +15,7 @@ import { existsSync } from "node:fs";
 import { benchEnvelopes } from "./envelope.js";
 import { machine, printRows, type Row } from "./harness.js";
 import { benchNoise } from "./noise.js";
+import { benchSession } from "./session.js";
 import { benchWebSocket } from "./websocket.js";
 
 const argv = process.argv.slice(2);
@@ -26,6 +27,7 @@ const only = onlyAt >= 0 ? argv[onlyAt + 1] : undefined;
 type Group = [name: string, run: () => Promise<Row[]>];
 const groups: Group[] = [
   ["envelope", () => benchEnvelopes({ quick })],
+  ["session", () => benchSession({ quick })],
   ["noise", () => benchNoise({ quick })],
   ["websocket", () => benchWebSocket({ quick })],
 ];

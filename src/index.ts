@@ -62,6 +62,8 @@ export type { HubOptions } from "./hub.js";
 export { loadTrustFile, saveTrustFile } from "./trust-file.js";
 export { ADMIN_ROLE, DEFAULT_OVERLAP_MS, createRevocation, parseStatement, rotateIdentity } from "./statements.js";
 export type { KeyStatement, RevocationStatement, RotationStatement } from "./statements.js";
+export { SessionReceiver, SessionSender, decodeSessionEnvelope, isSessionFrame, sessionEnvelopeId, verifySessionCheckpoint } from "./session.js";
+export type { SessionEvent, SessionHeader, SessionReceiverOptions, SessionSenderOptions } from "./session.js";
 export { defaultProvider, nativeProvider, nobleProvider } from "./_crypto.js";
 export type { CryptoProvider } from "./_crypto.js";
 export {
