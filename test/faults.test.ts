@@ -34,7 +34,7 @@ import { appendFileSync, chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Lab } from "../examples/_processes.js";
 import { createAgent, type Agent } from "../src/agent.js";
 import { AuditLog, fileSink, memorySink, verifyAuditLog, type AuditSink } from "../src/audit.js";
@@ -58,10 +58,14 @@ const AGENTS = ["alice", "bob", "carol", "dave", "erin", "frank"];
 
 const figures: Record<string, unknown> = {};
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
-const tmp = mkdtempSync(join(tmpdir(), "sealwire-faults-"));
+// Made in beforeAll, not at import: `vitest list` imports and collects files without running hooks.
+let tmp = "";
+beforeAll(() => {
+  tmp = mkdtempSync(join(tmpdir(), "sealwire-faults-"));
+});
 afterAll(async () => {
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
-  rmSync(tmp, { recursive: true, force: true });
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
   console.log(`faults figures:\n${JSON.stringify(figures, null, 1)}`);
   if (process.env["SEALWIRE_EVIDENCE_DIR"]) writeFileSync(join(process.env["SEALWIRE_EVIDENCE_DIR"], "faults.json"), JSON.stringify(figures, null, 1));
 });
@@ -384,9 +388,12 @@ function fillDevice(dir: string): number {
   }
 }
 
-describe("(b) the audit disk is read-only or full: fail closed, with a clear error", async () => {
-  const disks = await makeDisks();
-  figures["disks"] = disks.how;
+describe("(b) the audit disk is read-only or full: fail closed, with a clear error", () => {
+  let disks: Disks;
+  beforeAll(async () => {
+    disks = await makeDisks();
+    figures["disks"] = disks.how;
+  });
 
   /** An audit log for `signer` on a device that is full right after the log opened (its last page has slack). */
   async function fullLog(signer: Identity): Promise<{ log: AuditLog; sink: AuditSink }> {

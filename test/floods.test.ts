@@ -41,7 +41,7 @@ import { setPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseControl } from "../src/_hub-protocol.js";
 import { createAgent, type Agent } from "../src/agent.js";
 import { AuditLog, fileSink, verifyAuditLog } from "../src/audit.js";
@@ -118,12 +118,16 @@ function isolate(): string {
   }
 }
 
-const dir = mkdtempSync(join(tmpdir(), "sealwire-floods-"));
+// Made in beforeAll, not at import: `vitest list` imports and collects files without running hooks.
+let dir = "";
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "sealwire-floods-"));
+});
 const PASS = "flood test passphrase, not for production";
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterAll(async () => {
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
-  rmSync(dir, { recursive: true, force: true });
+  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 /** The figures of the flood run, for the tests that only read them. */
