@@ -44,7 +44,9 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
  * CI pass. Remove an entry when its fix lands (the test below fails if its regression file is gone).
  */
 const KNOWN_OPEN: readonly { target: string; message: RegExp; regression: string }[] = [
-  // None open. The first findings (codec BigInts, payload NaN, keystore scrypt parameters) were fixed in ca7750c.
+  // The first findings (codec BigInts, payload NaN, keystore scrypt parameters) were fixed in ca7750c.
+  // createAgent rejects when the hub is unreachable but leaves the half-started agent reconnecting (src/agent.ts).
+  { target: "cli", message: /^run\(\) returned but left .* running/, regression: "cli-ba2df186129c.bin" },
 ];
 const isKnown = (f: { target: string; message: string }) => KNOWN_OPEN.some((k) => k.target === f.target && k.message.test(f.message));
 

@@ -159,11 +159,25 @@ function describeError(e: unknown): string {
   return `non-Error thrown: ${typeof e} ${String(e).slice(0, 100)}`;
 }
 
+/** Marks the harness's own timers, so a target's resource tracking does not count them as the decoder's. */
+export const HARNESS_TIMER: unique symbol = Symbol.for("sealwire/fuzz/harness-timer") as never;
+
+function harnessTimer(fn: () => void, ms: number): NodeJS.Timeout {
+  const t = setTimeout(fn, ms) as NodeJS.Timeout & { [HARNESS_TIMER]?: true };
+  t[HARNESS_TIMER] = true;
+  return t;
+}
+
+/** Sleeps on a marked timer (see {@link HARNESS_TIMER}). */
+export function harnessSleep(ms: number): Promise<void> {
+  return new Promise((r) => harnessTimer(r, ms));
+}
+
 async function settle(r: unknown, hangMs: number): Promise<{ value?: unknown; error?: unknown; hung?: true }> {
   if (!(r instanceof Promise)) return { value: r };
   let timer: NodeJS.Timeout | undefined;
   const hang = new Promise<{ hung: true }>((resolve) => {
-    timer = setTimeout(() => resolve({ hung: true }), hangMs);
+    timer = harnessTimer(() => resolve({ hung: true }), hangMs);
   });
   try {
     return await Promise.race([r.then((value: unknown) => ({ value }), (error: unknown) => ({ error })), hang]);

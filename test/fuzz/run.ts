@@ -160,4 +160,9 @@ async function main(): Promise<number> {
   }
 }
 
-process.exitCode = await main();
+const code = await main();
+process.exitCode = code;
+// Anything a target left open (a socket, a timer) would keep the process alive: say so, and exit regardless.
+const left = process.getActiveResourcesInfo().filter((r) => r !== "TTYWrap" && r !== "PipeWrap" && r !== "FSReqCallback");
+if (left.length > 0) console.log(`note: still open at exit: ${left.join(", ")}`);
+setTimeout(() => process.exit(code), 2_000).unref();

@@ -13,6 +13,7 @@
  * ```
  */
 import fc from "fast-check";
+import { createHook } from "node:async_hooks";
 import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { toBase64url, toHex } from "../../src/_bytes.js";
@@ -24,7 +25,7 @@ import { loadTrustFile, saveTrustFile } from "../../src/trust-file.js";
 import { TrustStore } from "../../src/trust.js";
 import { run, type CliResult } from "../../bin/sealwire.js";
 import { fcStream, FIXED_NOW, fixedIdentity, fixedSecret, withOpenSslCanary } from "./fixtures.js";
-import { decodeTagged, encodeTagged, type FuzzTarget, type TargetFactory } from "./harness.js";
+import { decodeTagged, encodeTagged, HARNESS_TIMER, harnessSleep, type FuzzTarget, type TargetFactory } from "./harness.js";
 import { INTERESTING_STRINGS, jsonToPlain, mutateBytes, mutateString, mutateText, mutateValue, nonCanonicalBase64Tail, type Plain } from "./mutate.js";
 import type { Rng } from "./rng.js";
 
@@ -469,6 +470,46 @@ interface CliInput {
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "[::1]", "::1"]);
 
+/** Timers, sockets and servers created while {@link trackResources} runs, until they are destroyed. */
+const tracked = new Map<number, { type: string; resource: unknown }>();
+const TRACKED_TYPES = new Set(["Timeout", "TCPWRAP", "TCPSERVERWRAP", "PIPEWRAP", "PIPESERVERWRAP"]);
+const resourceHook = createHook({
+  init(id, type, _trigger, resource) {
+    if (TRACKED_TYPES.has(type)) tracked.set(id, { type, resource });
+  },
+  destroy(id) {
+    tracked.delete(id);
+  },
+});
+
+/** The tracked resources still alive that keep the process running (ref'd timers, open handles), harness's excepted. */
+function aliveTracked(): { type: string; resource: unknown }[] {
+  return [...tracked.values()].filter(({ type, resource }) => {
+    if (type !== "Timeout") return true;
+    const t = resource as NodeJS.Timeout & { [HARNESS_TIMER]?: true };
+    return t[HARNESS_TIMER] !== true && t.hasRef();
+  });
+}
+
+/**
+ * Runs `fn` and reports the timers and sockets it created that are still alive (and keeping the process alive)
+ * up to ~0.5 s after it returned. Leaked timers are cleared.
+ */
+async function trackResources<T>(fn: () => Promise<T>): Promise<{ result: T; leaked: string[] }> {
+  tracked.clear();
+  resourceHook.enable();
+  try {
+    const result = await fn();
+    for (let i = 0; i < 25 && aliveTracked().length > 0; i++) await harnessSleep(20);
+    const alive = aliveTracked();
+    for (const a of alive) if (a.type === "Timeout") clearTimeout(a.resource as NodeJS.Timeout);
+    return { result, leaked: alive.map((a) => a.type) };
+  } finally {
+    resourceHook.disable();
+    tracked.clear();
+  }
+}
+
 /** Keeps one argument inside the sandbox and on loopback (see the module notes). Realistic argv: no NUL. */
 export function sanitizeArg(a: string): string {
   let s = a.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "\ufffd").replaceAll("\u0000", "");
@@ -590,7 +631,14 @@ export const cliTarget: TargetFactory = {
       },
       async exec(i) {
         try {
-          return await withOpenSslCanary(() => run(i.argv.map(sanitizeArg), { env: { ...envs[i.env] }, signal: stopped }));
+          // A command that returned must not leave work behind (a reconnecting agent, a listening socket): it would
+          // keep the process alive, and keep dialling. Resources created during the run are tracked; closing
+          // sockets get a moment; what is still alive after that is a leak (and leaked timers are cleared, so one
+          // leak does not slow down or confuse the cases after it).
+          const { result, leaked } = await trackResources(() =>
+            withOpenSslCanary(() => run(i.argv.map(sanitizeArg), { env: { ...envs[i.env] }, signal: stopped })),
+          );
+          return leaked.length > 0 ? { ...result, leaked } : result;
         } finally {
           if (writes(i.argv)) restore();
         }
@@ -600,6 +648,8 @@ export const cliTarget: TargetFactory = {
         if (res === null || typeof res !== "object" || ![0, 1, 2].includes(res.code) || typeof res.stdout !== "string" || typeof res.stderr !== "string") {
           return "run() resolved to something other than { code: 0|1|2, stdout, stderr }";
         }
+        const leaked = (r as { leaked?: string[] }).leaked;
+        if (leaked) return `run() returned but left ${[...new Set(leaked)].sort().join(", ")} running (a background task outlived the command)`;
         const out = res.stdout + "\n" + res.stderr;
         for (const s of secrets) if (out.includes(s)) return "CLI output contains the passphrase or key material";
         if (!i.argv.includes("--debug") && /\n\s+at .+:\d+:\d+/.test(out)) return "CLI printed a stack trace without --debug";

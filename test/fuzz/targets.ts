@@ -16,6 +16,7 @@ import type { TargetFactory } from "./harness.js";
 import { auditFileTarget, auditLinesTarget, cliTarget, keystoreHeaderTarget, keystoreTarget, trustFileTarget } from "./targets-files.js";
 import { noiseChannelTarget } from "./targets-channel.js";
 import { noiseCipherTarget, noiseTargets } from "./targets-noise.js";
+import { sessionDecodeTarget, sessionOpenTarget } from "./targets-session.js";
 import {
   attestationTarget,
   codecTarget,
@@ -31,6 +32,8 @@ export const TARGETS: readonly TargetFactory[] = [
   codecTarget,
   envelopeDecodeTarget,
   envelopeOpenTarget,
+  sessionDecodeTarget,
+  sessionOpenTarget,
   payloadTarget,
   hubControlTarget,
   identityTarget,
@@ -46,11 +49,13 @@ export const TARGETS: readonly TargetFactory[] = [
   cliTarget,
 ];
 
-/** Cases per target in `npm run fuzz` (1,034,000 in total). */
+/** Cases per target in `npm run fuzz` (1,154,000 in total). */
 export const FULL_SPLIT: Readonly<Record<string, number>> = {
   codec: 220_000,
   "envelope-decode": 140_000,
   "envelope-open": 70_000,
+  "session-decode": 100_000,
+  "session-open": 15_000,
   payload: 120_000,
   "hub-control": 150_000,
   identity: 80_000,
@@ -70,11 +75,13 @@ export const FULL_SPLIT: Readonly<Record<string, number>> = {
   cli: 3_000,
 };
 
-/** Cases per target in the CI pass (55,150 in total). */
+/** Cases per target in the CI pass (59,650 in total). */
 export const CI_SPLIT: Readonly<Record<string, number>> = {
   codec: 12_000,
   "envelope-decode": 8_000,
   "envelope-open": 4_000,
+  "session-decode": 4_000,
+  "session-open": 500,
   payload: 7_000,
   "hub-control": 8_000,
   identity: 4_000,
