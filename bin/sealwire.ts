@@ -190,8 +190,15 @@ async function loadKey(v: Values, io: CliIO): Promise<Identity> {
   return loadIdentity(v.key, { passphrase: passphrase(v, io) });
 }
 
-/** The wire for a hub URL: Noise over WebSocket; wss:// adds TLS underneath. */
-async function hubTransport(url: string, identity: Identity, trust: TrustStore, v: Values, server: boolean): Promise<Transport> {
+/** The wire for a hub URL: Noise over WebSocket; wss:// adds TLS underneath. Handshakes go to `audit` if given. */
+async function hubTransport(
+  url: string,
+  identity: Identity,
+  trust: TrustStore,
+  v: Values,
+  server: boolean,
+  audit?: AuditLog,
+): Promise<Transport> {
   let scheme: string;
   try {
     scheme = new URL(url).protocol;
@@ -210,7 +217,9 @@ async function hubTransport(url: string, identity: Identity, trust: TrustStore, 
       tls = v["tls-ca"] ? { ca: await read(v["tls-ca"]) } : {};
     }
   }
-  return noise({ transport: webSocket(tls ? { tls } : {}), identity, trust });
+  // Under Noise no inner frame exceeds one Noise message (65,535 bytes): an unauthenticated peer cannot make the
+  // WebSocket layer buffer more than that.
+  return noise({ transport: webSocket({ maxFrameBytes: 65_535, ...(tls ? { tls } : {}) }), identity, trust, ...(audit ? { audit } : {}) });
 }
 
 function line(obj: unknown): string {
@@ -308,7 +317,7 @@ async function hubCmd(v: Values, io: CliIO): Promise<number> {
   const hub = await createHub({
     identity,
     trust,
-    transport: await hubTransport(v.listen, identity, trust, v, true),
+    transport: await hubTransport(v.listen, identity, trust, v, true, audit),
     listen: v.listen,
     ...(audit ? { audit } : {}),
     onError: (e) => io.err(`refused: ${e.code}${e.envelopeId ? ` ${e.envelopeId}` : ""}${e.reason ? ` (${e.reason})` : ""}`),

@@ -22,6 +22,7 @@ import { createAttestation, verifyAttestation, type VerifiedAttestation } from "
 import type { AuditEvent } from "./audit.js";
 import { SealwireError, sealwireError, type ErrorCode } from "./errors.js";
 import {
+  DEFAULT_CLOCK_SKEW_MS,
   DEFAULT_TTL_MS,
   EnvelopeOpener,
   ReplayCache,
@@ -342,7 +343,7 @@ export class Agent {
     });
     // Fail closed: the record is written before the envelope leaves; if it cannot be, nothing is sent.
     await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
-    const confirmed = options.waitForDelivery && this.#opts.hub !== undefined ? this.#awaitDelivery(id) : undefined;
+    const confirmed = options.waitForDelivery && this.#opts.hub !== undefined ? this.#awaitDelivery(id, ttlMs) : undefined;
     // The hub connection may die while the frame is written (and be retried): never leave this rejection unhandled.
     confirmed?.catch(() => {});
     try {
@@ -586,8 +587,27 @@ export class Agent {
     }
   }
 
-  #awaitDelivery(id: string): Promise<void> {
-    return new Promise<void>((resolve, reject) => this.#deliveryWaiters.set(id, { resolve, reject }));
+  /** Waits for the hub's verdict, at most until the envelope expires (a lost verdict must not hang the sender). */
+  #awaitDelivery(id: string, ttlMs: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (this.#deliveryWaiters.get(id)?.resolve !== done) return;
+        this.#deliveryWaiters.delete(id);
+        reject(sealwireError("ERR_DELIVERY_UNCONFIRMED", `no delivery verdict for ${id} before it expired; it may or may not have arrived`, { envelopeId: id }));
+      }, ttlMs + DEFAULT_CLOCK_SKEW_MS);
+      timer.unref?.();
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.#deliveryWaiters.set(id, {
+        resolve: done,
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+    });
   }
 
   /** The authenticated hub connection, (re)connecting as needed. */
@@ -1055,6 +1075,12 @@ export async function createAgent(options: CreateAgentOptions): Promise<Agent> {
   const identity =
     typeof options.identity === "function" ? await resolveIdentity(options.identity) : (options.identity as Identity);
   const agent = new Agent({ ...options, identity });
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (e) {
+    // Nothing may keep running (a reconnect timer) for an agent the caller never got a handle to.
+    await agent.close();
+    throw e;
+  }
   return agent;
 }
