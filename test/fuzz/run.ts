@@ -31,7 +31,7 @@ import { CI_SPLIT, FULL_SPLIT, scaleSplit, splitTotal, TARGETS } from "./targets
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REGRESSIONS = join(HERE, "regressions");
 /** A case that has not returned after this long is a hang (async calls time out on their own far earlier). */
-const WATCHDOG_MS = 120_000;
+const DEFAULT_WATCHDOG_S = 120;
 const CAPTURE_BYTES = 4 << 20;
 
 const USAGE = `Usage: npm run fuzz -- [--seed <n>] [--cases <total>] [--only <t1,t2>] [--ci] [--no-write] [--list]
@@ -40,10 +40,17 @@ const USAGE = `Usage: npm run fuzz -- [--seed <n>] [--cases <total>] [--only <t1
   --only <list>   comma-separated target names
   --ci            use the CI split (${splitTotal(CI_SPLIT)} cases)
   --no-write      do not write regression files for findings
+  --watchdog <s>  a call still running after this many seconds is a hang: the input is saved and the run killed
+                  (default ${DEFAULT_WATCHDOG_S})
   --list          list the targets and their share, then exit`;
 
 function parseArgs(argv: string[]) {
-  const o: { seed?: string; cases?: number; only?: string[]; ci: boolean; write: boolean; list: boolean } = { ci: false, write: true, list: false };
+  const o: { seed?: string; cases?: number; only?: string[]; ci: boolean; write: boolean; list: boolean; watchdogS: number } = {
+    ci: false,
+    write: true,
+    list: false,
+    watchdogS: DEFAULT_WATCHDOG_S,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const val = () => {
@@ -57,7 +64,11 @@ function parseArgs(argv: string[]) {
       if (!Number.isSafeInteger(n) || n < 1) throw new Error("--cases must be a positive integer");
       o.cases = n;
     } else if (a === "--only" || a.startsWith("--only=")) o.only = val().split(",").filter(Boolean);
-    else if (a === "--ci") o.ci = true;
+    else if (a === "--watchdog" || a.startsWith("--watchdog=")) {
+      const n = Number(val());
+      if (!Number.isFinite(n) || n < 1) throw new Error("--watchdog must be a number of seconds >= 1");
+      o.watchdogS = n;
+    } else if (a === "--ci") o.ci = true;
     else if (a === "--no-write") o.write = false;
     else if (a === "--list") o.list = true;
     else if (a === "-h" || a === "--help") {
@@ -90,7 +101,7 @@ setInterval(() => {
     where = path.join(dir, name + "-" + crypto.createHash("sha256").update(input).digest("hex").slice(0, 12) + ".bin");
     fs.writeFileSync(where, input);
   }
-  fs.writeSync(2, "\\nFINDING " + name + ": a call did not return within " + limitMs / 1000 + " s (a hang in synchronous code)\\n  input: " + where + "\\n");
+  fs.writeSync(2, "\\nFINDING " + name + ": a call did not return within " + limitMs / 1000 + " s (a hang)\\n  input: " + where + "\\n");
   process.kill(process.pid, "SIGKILL");
 }, 1000);
 `;
@@ -129,7 +140,7 @@ async function main(): Promise<number> {
   const d = new Uint8Array(data);
   const watchdog = new Worker(WATCHDOG_SOURCE, {
     eval: true,
-    workerData: { ctrl, data, names, dir: REGRESSIONS, limitMs: WATCHDOG_MS, write: o.write },
+    workerData: { ctrl, data, names, dir: REGRESSIONS, limitMs: o.watchdogS * 1000, write: o.write },
   });
   watchdog.unref();
 
