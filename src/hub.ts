@@ -16,7 +16,6 @@
  *   listen: "ws://0.0.0.0:7700" });
  * ```
  */
-import { toHex } from "./_bytes.js";
 import { authMessage, encodeControl, isControlFrame, parseControl, type Control } from "./_hub-protocol.js";
 import type { AuditSink } from "./agent.js";
 import { SealwireError, sealwireError, type ErrorCode } from "./errors.js";
@@ -442,6 +441,3 @@ export async function createHub(options: HubOptions): Promise<Hub> {
   await hub.start();
   return hub;
 }
-
-/** Exposed for tests: the hex id helper used in notices. @internal */
-export const _hex = toHex;
