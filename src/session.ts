@@ -146,6 +146,11 @@ export const CHECKPOINT_BYTES = 8 + 32 + 64;
 export const CHECKPOINT_TYPE = "sw.ckpt";
 /** Message type of the control envelope that ends a stream (empty payload, final checkpoint). */
 export const CLOSE_TYPE = "sw.close";
+/**
+ * Message type of a control opening envelope (signed, empty payload): with {@link SessionSenderOptions.openWithControl}
+ * every stream is opened by one, so a recipient that refuses a message (by policy) still holds the stream.
+ */
+export const OPEN_TYPE = "sw.open";
 /** Largest continuation header, in bytes (as for v1 headers). */
 const MAX_HEADER_BYTES = 4096;
 
@@ -920,6 +925,13 @@ export interface SessionSenderOptions {
   checkpointIntervalMs?: number;
   /** Clock, for tests. @default Date.now */
   now?: () => number;
+  /**
+   * Open every stream with a control envelope ({@link OPEN_TYPE}: signed, empty payload, put in `preceding`) and
+   * carry every payload in a continuation. One more frame per stream, but whether a recipient holds the stream no
+   * longer depends on whether it accepted the first message (a policy may refuse that one before decrypting it).
+   * @default false
+   */
+  openWithControl?: boolean;
 }
 
 /** Per-envelope options of {@link SessionSender.seal} (as {@link SealOptions}, without `id`: ids are derived). */
@@ -942,7 +954,7 @@ export interface SessionSealed {
   readonly header: SessionHeader;
   /** Frames to send BEFORE `bytes`, in order: the final envelope of a stream that reached its limits. Usually empty. */
   readonly preceding: readonly Uint8Array[];
-  /** True when `bytes` opens a new stream (a signed envelope). */
+  /** True when a new stream was opened: by `bytes` (a signed envelope), or with `openWithControl` by the last of `preceding`. */
   readonly opened: boolean;
 }
 
@@ -1001,6 +1013,7 @@ export class SessionSender {
   readonly #clock: () => number;
   readonly #p: CryptoProvider;
   readonly #unsubscribe: (() => void)[] = [];
+  readonly #openWithControl: boolean;
   #stream: SendStream | undefined;
   #closed = false;
 
@@ -1021,6 +1034,10 @@ export class SessionSender {
     this.#intervalMs = posInt(options.checkpointIntervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS, "checkpointIntervalMs", 1, MAX_TTL_MS);
     if (options.now !== undefined && typeof options.now !== "function") throw sealwireError("ERR_INVALID_ARGUMENT", "now must be a function");
     this.#clock = options.now ?? Date.now;
+    if (options.openWithControl !== undefined && typeof options.openWithControl !== "boolean") {
+      throw sealwireError("ERR_INVALID_ARGUMENT", "openWithControl must be a boolean");
+    }
+    this.#openWithControl = options.openWithControl ?? false;
     this.#unsubscribe.push(
       identity.onClose(() => this.#wipe()),
       trust.onRevoke((e) => {
@@ -1046,6 +1063,21 @@ export class SessionSender {
     return this.#closed;
   }
 
+  /**
+   * True if `envelopeId` (32 hex) is an envelope this sender sealed on its current stream: so a refusal naming it
+   * (ERR_UNKNOWN_STREAM from the recipient) concerns the current stream and warrants a {@link reset}, while a
+   * refusal naming an older or foreign id does not.
+   */
+  holds(envelopeId: string): boolean {
+    const s = this.#stream;
+    if (s === undefined || typeof envelopeId !== "string" || !ID_RE.test(envelopeId)) return false;
+    if (envelopeId.slice(0, 16) !== s.sidHex.slice(0, 16)) return false;
+    // id = sid with its last 8 bytes XORed with u64be(seq): recover seq from the last 8 bytes.
+    const hi = (Number.parseInt(envelopeId.slice(16, 24), 16) ^ s.sidHi) >>> 0;
+    const lo = (Number.parseInt(envelopeId.slice(24, 32), 16) ^ s.sidLo) >>> 0;
+    return hi === 0 && lo < s.next;
+  }
+
   #alive(): void {
     if (this.#closed || this.#identity.closed) {
       this.#wipe();
@@ -1067,7 +1099,7 @@ export class SessionSender {
     if (typeof type !== "string" || !TYPE_RE.test(type)) {
       throw sealwireError("ERR_INVALID_ARGUMENT", "type must be 1-32 characters: a lower-case letter, then a-z 0-9 . _ -");
     }
-    if (type === CHECKPOINT_TYPE || type === CLOSE_TYPE) throw sealwireError("ERR_INVALID_ARGUMENT", `type "${type}" is reserved for sealwire`);
+    if (type === CHECKPOINT_TYPE || type === CLOSE_TYPE || type === OPEN_TYPE) throw sealwireError("ERR_INVALID_ARGUMENT", `type "${type}" is reserved for sealwire`);
     const ttl = options.ttlMs ?? DEFAULT_TTL_MS;
     if (!Number.isInteger(ttl) || ttl < 1 || ttl > MAX_TTL_MS) {
       throw sealwireError("ERR_INVALID_ARGUMENT", `ttlMs must be an integer from 1 to ${MAX_TTL_MS}`);
@@ -1092,6 +1124,13 @@ export class SessionSender {
     if (s && (s.next >= this.#maxMessages || now - s.openedAt >= this.#maxAgeMs)) {
       preceding = [this.#finish(s, now)];
       s = undefined;
+    }
+    if (!s && this.#openWithControl) {
+      const opener = this.#open(recipient, EMPTY, now, OPEN_TYPE, DEFAULT_TTL_MS, EMPTY_TAGS, undefined, NO_FRAMES);
+      preceding = [...preceding, opener.bytes];
+      s = this.#stream!;
+      const { bytes, wire } = this.#continue(s, payload, now, type, ttl, tags, re, false, false);
+      return { bytes, header: apiHeader(wire, s.sidHex, s.sidHi, s.sidLo, this.#identity.kid, s.rkid), preceding, opened: true };
     }
     if (!s) return this.#open(recipient, payload, now, type, ttl, tags, re, preceding);
     const ckDue = s.next - s.first >= this.#every || now - s.lastCheckpointAt >= this.#intervalMs;
@@ -1773,7 +1812,7 @@ export class SessionReceiver {
     this.#admit(s);
     this.#emit({ kind: "opened", from: h.from, to: h.to, streamId: s.sidHex, senderKid: h.senderKid, recipientKid: h.recipientKid });
     const header: SessionHeader = Object.freeze({ ...h, streamId: s.sidHex, seq: 0 });
-    return { mode: "open", header, sender: env.sender, plaintext, control: false, digest };
+    return { mode: "open", header, sender: env.sender, plaintext, control: h.type === OPEN_TYPE, digest };
   }
 
   /** Registers a stream, evicting the sender's (then anyone's) least recently used beyond the limits. */
@@ -1868,7 +1907,7 @@ export class SessionReceiver {
       pt.fill(0);
       throw e;
     }
-    const control = h.type === CHECKPOINT_TYPE || h.type === CLOSE_TYPE;
+    const control = h.type === CHECKPOINT_TYPE || h.type === CLOSE_TYPE || h.type === OPEN_TYPE;
     return { mode: "session", header: v.header, sender: v.sender, plaintext: pt, control, digest };
   }
 

@@ -1219,3 +1219,60 @@ describe("caller mistakes", () => {
     expect(c.rx.closed).toBe(true);
   });
 });
+
+describe("openWithControl and holds()", () => {
+  it("every stream opens with a signed, empty sw.open control envelope; payloads ride continuations", () => {
+    const c = crew(nativeProvider, { openWithControl: true, maxMessages: 4 });
+    const sealed = Array.from({ length: 6 }, (_, i) => c.tx.seal(encodePayload({ i })));
+    // First seal: [opener] + continuation seq 1; the 4th message reaches maxMessages: [close, opener] + seq 1.
+    expect(sealed.map((s) => [s.preceding.length, s.opened, s.header.seq])).toEqual([
+      [1, true, 1],
+      [0, false, 2],
+      [0, false, 3],
+      [2, true, 1],
+      [0, false, 2],
+      [0, false, 3],
+    ]);
+    const got: Data[] = [];
+    const controls: string[] = [];
+    for (const s of sealed) {
+      for (const f of [...s.preceding, s.bytes]) {
+        const m = c.rx.open(f);
+        if (m.control) {
+          controls.push(m.header.type);
+          expect(m.plaintext.length).toBe(0);
+        } else got.push(dataOf(m));
+      }
+    }
+    expect(got).toEqual([0, 1, 2, 3, 4, 5].map((i) => ({ i })));
+    expect(controls).toEqual(["sw.open", "sw.close", "sw.open"]);
+    // The opener is an ordinary signed envelope (EnvelopeOpener verifies it) of type sw.open.
+    expect(decodeEnvelope(sealed[0]!.preceding[0]!).header.type).toBe("sw.open");
+    expect(codeOf(() => c.tx.seal(encodePayload(1), { type: "sw.open" }))).toBe("ERR_INVALID_ARGUMENT");
+    expect(codeOf(() => new SessionSender({ identity: c.alice, trust: c.trustA, to: "bob", openWithControl: "yes" as unknown as boolean }))).toBe(
+      "ERR_INVALID_ARGUMENT",
+    );
+  });
+
+  it("a recipient that refuses the first message still holds the stream (the opener carried none)", () => {
+    const c = crew(nativeProvider, { openWithControl: true });
+    const a = c.tx.seal(encodePayload("refused by policy"));
+    const b = c.tx.seal(encodePayload("accepted"));
+    c.rx.open(a.preceding[0]!);
+    // The recipient never decrypts `a` (say a policy refused it on its header); `b` still opens.
+    expect(dataOf(c.rx.open(b.bytes))).toBe("accepted");
+  });
+
+  it("holds(id) is true exactly for ids sealed on the current stream", () => {
+    const c = crew();
+    const ids = Array.from({ length: 5 }, () => c.tx.seal(encodePayload(0)).header.id);
+    for (const id of ids) expect(c.tx.holds(id)).toBe(true);
+    const sid = c.tx.streamId!;
+    expect(c.tx.holds(sessionEnvelopeId(sid, 5))).toBe(false); // not sealed yet
+    expect(c.tx.holds(sessionEnvelopeId(sid, 2 ** 32 + 1))).toBe(false);
+    expect(c.tx.holds((sid[0] === "0" ? "1" : "0") + sid.slice(1))).toBe(false); // another stream's id space
+    for (const bad of ["", "zz", sid.toUpperCase(), 42 as unknown as string]) expect(c.tx.holds(bad)).toBe(false);
+    c.tx.reset();
+    for (const id of ids) expect(c.tx.holds(id)).toBe(false);
+  });
+});
