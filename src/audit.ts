@@ -4,10 +4,41 @@
  * Format (one record per line, issue 3 "Audit trail"). Each line is the canonical JSON ({@link canonicalJson}:
  * sorted keys, no whitespace, integers only, every non-ASCII or control character `\uXXXX`-escaped, so a line is
  * pure ASCII and has exactly one spelling) of a record
- * `{ seq, time, event, node, envelopeId?, from?, to?, peer?, kid?, tags?, decision?, reason?, payloadDigest?, prev, hash }`
+ * `{ seq, time, event, node, …the event's members, prev, hash }`
  * where `hash = SHA-256("sealwire/v1/audit:" || canonical JSON of the record without "hash")` and `prev` is the
  * previous record's `hash` (64 zeros for the first). `payloadDigest` is HMAC-SHA256 under a per-log key, so a
  * low-entropy payload ("yes", a phone number) cannot be confirmed by hashing guesses.
+ *
+ * ## Events and their fields
+ * Each appendable event takes the members below and no others (`append` refuses any other, a missing required
+ * one, or a value out of its syntax with `ERR_INVALID_ARGUMENT`; the verifier refuses such a record as
+ * `bad_record`). Syntax: agent ids (`from`, `to`, `peer`) 1–256 printable characters; `kid` `[A-Za-z0-9_.:+/=-]`
+ * up to 128, but on session events the sender's kid as identities derive it, 16 lowercase hex; `recipientKid` 16
+ * lowercase hex; `reason` `[A-Za-z0-9_.:/-]{1,128}`; `stream` 32 lowercase hex (16 bytes); `firstSeq`, `lastSeq`
+ * integers 0..2^32-1 with `firstSeq ≤ lastSeq`; `prevHead`, `head` 64 lowercase hex (SHA-256); `signature` the
+ * canonical base64url of 64 bytes (86 characters, no padding, one spelling); `final` a boolean; `count` a safe
+ * integer ≥ 0; `source` `[A-Za-z0-9.:[\]_-]{1,64}` (`127.0.0.1`, `[::1]`, `hub.lan`; no port needed) or `*`;
+ * `windowMs` an integer 1..3,600,000.
+ * - `sent`, `delivered`, `denied`, `relayed`, `handshake`, `handshake_failed`, `key_rotated`, `peer_revoked`
+ *   (one message, handshake or key): any of `envelopeId`, `from`, `to`, `peer`, `kid`, `tags`, `decision`,
+ *   `reason`, `payload` (recorded as `payloadDigest`), none required.
+ * - Session mode (issue 8; one per `SessionEvent` of `src/session.ts`, built by {@link sessionAuditEvent}):
+ *   - `session_opened`: `stream`, `from` (sender), `to` (recipient), `kid` (sender's), `recipientKid`; `peer`?.
+ *   - `session_checkpoint`: `stream`, `from`, `to`, `kid`, `recipientKid`, `firstSeq`, `lastSeq`, `prevHead`,
+ *     `head`, `signature`, `final`; `peer`?. Exactly what the sender's Ed25519 signature covers, so
+ *     {@link verifySessionCheckpointRecord} re-checks it from the record alone and the sender's public key. The
+ *     recipient's kid gets its own member, `recipientKid`, rather than reusing `peer` (an agent id, not a key id)
+ *     or `kid` (the sender's, as on every event that names one key). The envelope digests are not recorded (see
+ *     {@link sessionAuditEvent}).
+ *   - `session_gap` (envelopes `[firstSeq, lastSeq]` can never be covered by a verified checkpoint): `stream`,
+ *     `from`, `firstSeq`, `lastSeq`; `to`?, `kid`?, `recipientKid`?, `peer`?.
+ *   - `session_closed`: `stream`, `from`, `reason` (one of {@link SESSION_CLOSE_REASONS}: `final`, `evicted`,
+ *     `expired`, `revoked`, `checkpoint_failed`, `receiver_closed`), `count` (envelopes accepted that no verified
+ *     checkpoint covers, `uncovered`); `to`?, `kid`?, `recipientKid`?, `peer`?.
+ * - `refused_connections` (issue 9; refusals below the hub, added up over a window rather than one record each):
+ *   `reason` (`ws_max_connections`, `ws_handshake_timeout`, `noise_handshake_cap`, `noise_handshake_failed`,
+ *   `malformed_frame`, … — any reason code), `count` (≥ 1); `source`? (the peer address; `*` for refusals an
+ *   aggregator summed over many sources), `windowMs`? (the window the count covers).
  *
  * - **Checkpoints.** Every `checkpointEvery` records and on {@link AuditLog.close} the log appends
  *   `{ event: "checkpoint", count, head, sig, signer, kid, final }`: `head` is the previous record's hash (= its
@@ -63,17 +94,18 @@ import { constants as fsc, promises as fsp } from "node:fs";
 import { resolve as resolvePath } from "node:path";
 import { z } from "zod";
 import { concatBytes, toBase64url, toHex, utf8, wipe } from "./_bytes.js";
-import { defaultProvider } from "./_crypto.js";
+import { type CryptoProvider, defaultProvider } from "./_crypto.js";
 import { type ErrorCode, SealwireError, sealwireError } from "./errors.js";
 import { containsRegisteredSecret } from "./redact.js";
 import { type DetectorName, DETECTORS, scanContent } from "./scanners.js";
+import { checkpointSignedBytes, type SessionCheckpointEvent, type SessionEvent } from "./session.js";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types and constants
 // ---------------------------------------------------------------------------------------------------------------
 
-/** Events a caller may append. */
-export const APPENDABLE_EVENTS = [
+/** Events about one message, a handshake or a key: every field is optional (see {@link AuditEvent}). */
+export const MESSAGE_EVENTS = [
   "sent",
   "delivered",
   "denied",
@@ -83,19 +115,30 @@ export const APPENDABLE_EVENTS = [
   "key_rotated",
   "peer_revoked",
 ] as const;
+/** Events about a session-mode stream (issue 8), one per `SessionEvent` kind of `src/session.ts`. */
+export const SESSION_EVENTS = ["session_opened", "session_checkpoint", "session_gap", "session_closed"] as const;
+/** Events a caller may append. */
+export const APPENDABLE_EVENTS = [...MESSAGE_EVENTS, ...SESSION_EVENTS, "refused_connections"] as const;
+/** An event a caller may append. */
+export type AppendableEventName = (typeof APPENDABLE_EVENTS)[number];
 /** Every event a record can carry (`checkpoint` and `segment_start` are written by the log itself). */
-export type AuditEventName = (typeof APPENDABLE_EVENTS)[number] | "checkpoint" | "segment_start";
+export type AuditEventName = AppendableEventName | "checkpoint" | "segment_start";
+
+/** The `reason` of a `session_closed` event: exactly the reasons a `SessionReceiver` reports. */
+export const SESSION_CLOSE_REASONS = ["final", "evicted", "expired", "revoked", "checkpoint_failed", "receiver_closed"] as const;
 
 /** Why a segment started; see the module notes. */
 export type SegmentReason = "new_log" | "resumed" | "open_tail" | "torn_tail" | "unverified_tail";
 const SEGMENT_REASONS = ["new_log", "resumed", "open_tail", "torn_tail", "unverified_tail"] as const;
 
 /**
- * What a caller appends: metadata only. `payload` is never stored — only its HMAC (`payloadDigest`). Any other
- * field, any value of the wrong shape, or a string that looks like a secret is refused with `ERR_INVALID_ARGUMENT`.
+ * What a caller appends: metadata only. `payload` is never stored — only its HMAC (`payloadDigest`). Which fields
+ * an event takes, and which it requires, is in the module notes ("Events and their fields"); any other field, a
+ * missing required one, any value of the wrong shape, or a string that looks like a secret is refused with
+ * `ERR_INVALID_ARGUMENT`.
  */
 export interface AuditEvent {
-  event: (typeof APPENDABLE_EVENTS)[number];
+  event: AppendableEventName;
   /** Envelope id (hex or base64url, ≤ 128 chars). */
   envelopeId?: string;
   /** Sender agent id. */
@@ -104,7 +147,7 @@ export interface AuditEvent {
   to?: string;
   /** The other side of a handshake, or the revoked peer. */
   peer?: string;
-  /** A public key id (`key_rotated`, `handshake`). */
+  /** A public key id (`key_rotated`, `handshake`); on session events the sender's kid (16 lowercase hex). */
   kid?: string;
   /** Policy tags (`pii:email`, `anonymized`); at most 32. */
   tags?: readonly string[];
@@ -113,6 +156,31 @@ export interface AuditEvent {
   reason?: string;
   /** The plaintext payload; only ever HMACed into `payloadDigest`. */
   payload?: Uint8Array;
+  /** Session stream id: 32 lowercase hex (16 bytes). */
+  stream?: string;
+  /** The recipient's kid on session events: 16 lowercase hex. */
+  recipientKid?: string;
+  /** First sequence number covered (session checkpoint or gap): an integer 0..2^32-1, ≤ `lastSeq`. */
+  firstSeq?: number;
+  /** Last sequence number covered: an integer 0..2^32-1, ≥ `firstSeq`. */
+  lastSeq?: number;
+  /** Session chain head before `firstSeq`: 64 lowercase hex (SHA-256). */
+  prevHead?: string;
+  /** Session chain head after `lastSeq`, as signed: 64 lowercase hex (SHA-256). */
+  head?: string;
+  /** The sender's Ed25519 session-checkpoint signature: canonical base64url of 64 bytes (86 chars, no padding). */
+  signature?: string;
+  /** The stream's final checkpoint. */
+  final?: boolean;
+  /** A count: uncovered envelopes (`session_closed`, ≥ 0) or refusals (`refused_connections`, ≥ 1). */
+  count?: number;
+  /**
+   * Where refused connections came from: an address or host name without port, `[A-Za-z0-9.:[\]_-]{1,64}`
+   * (`127.0.0.1`, `[::1]`, `hub.lan`), or `*` for the sum over sources an aggregator no longer told apart.
+   */
+  source?: string;
+  /** Length of the window a `refused_connections` count covers, in ms: an integer 1..3,600,000. */
+  windowMs?: number;
 }
 
 /** One record as written (and as returned by {@link AuditLog.append}). */
@@ -130,7 +198,17 @@ export interface AuditRecord {
   readonly decision?: "allow" | "deny";
   readonly reason?: string;
   readonly payloadDigest?: string;
-  // checkpoint
+  // session events (count, head and final are shared with checkpoints)
+  readonly stream?: string;
+  readonly recipientKid?: string;
+  readonly firstSeq?: number;
+  readonly lastSeq?: number;
+  readonly prevHead?: string;
+  readonly signature?: string;
+  // refused_connections
+  readonly source?: string;
+  readonly windowMs?: number;
+  // checkpoint (count, head and final also on some events: see the module notes)
   readonly count?: number;
   readonly head?: string;
   readonly sig?: string;
@@ -332,10 +410,24 @@ const KID = z.string().regex(/^[A-Za-z0-9_.:+/=-]{1,128}$/);
 const TAG = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$/);
 const REASON = z.string().regex(/^[A-Za-z0-9_.:/-]{1,128}$/);
 const ENVELOPE_ID = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/);
+/** A session stream id: 16 bytes in lowercase hex (`src/session.ts`). */
+const STREAM_ID = z.string().regex(/^[0-9a-f]{32}$/);
+/** A kid as identities derive it (`src/identity.ts`): 16 lowercase hex; session checkpoints sign kids in this form. */
+const HEX_KID = /^[0-9a-f]{16}$/;
+/** A stream sequence number (`MAX_STREAM_SEQ` in `src/session.ts`). */
+const SEQ = z.number().int().min(0).max(0xffff_ffff);
+/**
+ * 64 bytes in canonical base64url: 86 characters, and the last one's 4 spare bits zero (`A`, `Q`, `g` or `w`), so a
+ * signature has one spelling (see {@link verifyCheckpointSig} for what a second spelling would allow).
+ */
+const SIGNATURE = z.string().regex(/^[A-Za-z0-9_-]{85}[AQgw]$/);
+/** A peer address or host name without port (`127.0.0.1`, `[::1]`, `hub.lan`), or `*`: the sum over many sources. */
+const SOURCE = z.string().regex(/^(?:\*|[A-Za-z0-9.:[\]_-]{1,64})$/);
+const WINDOW_MS = z.number().int().min(1).max(3_600_000);
+const COUNT = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 
-/** What `append` accepts. Strict: unknown members (a `body`, a `key`) are refused. */
-const AppendSchema = z.strictObject({
-  event: z.enum(APPENDABLE_EVENTS),
+/** The members of appendable events, with the syntax of each (per-event rules are in {@link EVENT_RULES}). */
+const EVENT_MEMBERS = {
   envelopeId: ENVELOPE_ID.optional(),
   from: ID.optional(),
   to: ID.optional(),
@@ -344,6 +436,23 @@ const AppendSchema = z.strictObject({
   tags: z.array(TAG).max(32).optional(),
   decision: z.enum(["allow", "deny"]).optional(),
   reason: REASON.optional(),
+  stream: STREAM_ID.optional(),
+  recipientKid: z.string().regex(HEX_KID).optional(),
+  firstSeq: SEQ.optional(),
+  lastSeq: SEQ.optional(),
+  prevHead: HEX64.optional(),
+  head: HEX64.optional(),
+  signature: SIGNATURE.optional(),
+  final: z.boolean().optional(),
+  count: COUNT.optional(),
+  source: SOURCE.optional(),
+  windowMs: WINDOW_MS.optional(),
+};
+
+/** What `append` accepts. Strict: unknown members (a `body`, a `key`) are refused. */
+const AppendSchema = z.strictObject({
+  event: z.enum(APPENDABLE_EVENTS),
+  ...EVENT_MEMBERS,
   payload: z.instanceof(Uint8Array).optional(),
 });
 
@@ -353,20 +462,10 @@ const RecordSchema = z.strictObject({
   time: z.string().regex(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/),
   event: z.enum([...APPENDABLE_EVENTS, "checkpoint", "segment_start"]),
   node: ID,
-  envelopeId: ENVELOPE_ID.optional(),
-  from: ID.optional(),
-  to: ID.optional(),
-  peer: ID.optional(),
-  kid: KID.optional(),
-  tags: z.array(TAG).max(32).optional(),
-  decision: z.enum(["allow", "deny"]).optional(),
-  reason: REASON.optional(),
+  ...EVENT_MEMBERS,
   payloadDigest: HEX64.optional(),
-  count: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
-  head: HEX64.optional(),
   sig: z.string().regex(/^[A-Za-z0-9_-]{86}$/).optional(),
   signer: ID.optional(),
-  final: z.boolean().optional(),
   hmacKeyId: z.string().regex(/^[0-9a-f]{32}$/).optional(),
   tornBytes: z.number().int().min(1).max(MAX_LINE_BYTES).optional(),
   tornDigest: HEX64.optional(),
@@ -374,12 +473,70 @@ const RecordSchema = z.strictObject({
   hash: HEX64,
 });
 
+/** A member an appendable event may carry, as recorded (`payload` is recorded as `payloadDigest`). */
+type EventField = keyof typeof EVENT_MEMBERS | "payloadDigest";
+/** Which members an appendable event requires and which it may carry, plus the rules that span members. */
+interface EventRule {
+  readonly required: readonly EventField[];
+  readonly optional: readonly EventField[];
+  /** A rule across members; returns what is wrong (field names and rules, never values) or null. */
+  readonly check?: (r: Partial<Record<EventField, unknown>>) => string | null;
+}
+
+const MESSAGE_FIELDS: readonly EventField[] = ["envelopeId", "from", "to", "peer", "kid", "tags", "decision", "reason", "payloadDigest"];
+
+/** Session events name keys by kid, as the sender signed them: 16 lowercase hex, and the range in order. */
+function sessionCheck(r: Partial<Record<EventField, unknown>>): string | null {
+  if (typeof r.kid === "string" && !HEX_KID.test(r.kid)) return "kid: session events take the sender's 16-hex kid";
+  if (typeof r.firstSeq === "number" && typeof r.lastSeq === "number" && r.firstSeq > r.lastSeq) return "firstSeq: must be ≤ lastSeq";
+  return null;
+}
+
+/** The per-event rules of the module notes ("Events and their fields"); the log and the verifier share them. */
+const EVENT_RULES: Readonly<Record<AppendableEventName, EventRule>> = {
+  ...(Object.fromEntries(MESSAGE_EVENTS.map((e): [string, EventRule] => [e, { required: [], optional: MESSAGE_FIELDS }])) as Record<
+    (typeof MESSAGE_EVENTS)[number],
+    EventRule
+  >),
+  session_opened: { required: ["stream", "from", "to", "kid", "recipientKid"], optional: ["peer"], check: sessionCheck },
+  session_checkpoint: {
+    required: ["stream", "from", "to", "kid", "recipientKid", "firstSeq", "lastSeq", "prevHead", "head", "signature", "final"],
+    optional: ["peer"],
+    check: sessionCheck,
+  },
+  session_gap: { required: ["stream", "from", "firstSeq", "lastSeq"], optional: ["to", "kid", "recipientKid", "peer"], check: sessionCheck },
+  session_closed: {
+    required: ["stream", "from", "reason", "count"],
+    optional: ["to", "kid", "recipientKid", "peer"],
+    check: (r) =>
+      sessionCheck(r) ??
+      ((SESSION_CLOSE_REASONS as readonly unknown[]).includes(r.reason) ? null : `reason: must be one of ${SESSION_CLOSE_REASONS.join(", ")}`),
+  },
+  refused_connections: {
+    required: ["reason", "count"],
+    optional: ["source", "windowMs"],
+    check: (r) => (typeof r.count === "number" && r.count >= 1 ? null : "count: must be at least 1"),
+  },
+};
+
+/**
+ * What is wrong with the members of an appendable event (a record's, or an event being appended) against its rule:
+ * a member it does not take, a missing required one, or a cross-member rule; null when it is right.
+ */
+function eventRuleViolation(event: AppendableEventName, r: Partial<Record<EventField, unknown>>, present: readonly string[]): string | null {
+  const rule = EVENT_RULES[event];
+  const extra = present.filter((k) => !(rule.required as readonly string[]).includes(k) && !(rule.optional as readonly string[]).includes(k));
+  if (extra.length > 0) return `${extra.slice(0, 5).join(", ")}: not a field of ${event}`;
+  const missing = rule.required.filter((k) => r[k] === undefined);
+  if (missing.length > 0) return `${missing.slice(0, 5).join(", ")}: required by ${event}`;
+  return rule.check?.(r) ?? null;
+}
+
 const CHECKPOINT_FIELDS = ["count", "head", "sig", "signer", "kid", "final"] as const;
 const SEGMENT_FIELDS = ["reason", "hmacKeyId", "tornBytes", "tornDigest"] as const;
-const EVENT_FIELDS = ["envelopeId", "from", "to", "peer", "kid", "tags", "decision", "reason", "payloadDigest"] as const;
 const BASE_FIELDS = ["seq", "time", "event", "node", "prev", "hash"] as const;
 
-/** Per-event member rules; returns false when a record carries members its event does not allow. */
+/** Per-event member rules; returns false when a record carries members its event does not allow (or lacks one). */
 function checkShape(r: AuditRecord): boolean {
   const allowed = new Set<string>(BASE_FIELDS);
   if (r.event === "checkpoint") {
@@ -391,7 +548,8 @@ function checkShape(r: AuditRecord): boolean {
     if (r.hmacKeyId === undefined) return false;
     if ((r.reason === "torn_tail") !== (r.tornBytes !== undefined && r.tornDigest !== undefined)) return false;
   } else {
-    EVENT_FIELDS.forEach((f) => allowed.add(f));
+    const members = Object.keys(r).filter((k) => !(BASE_FIELDS as readonly string[]).includes(k));
+    return eventRuleViolation(r.event, r as Partial<Record<EventField, unknown>>, members) === null;
   }
   return Object.keys(r).every((k) => allowed.has(k));
 }
@@ -401,6 +559,15 @@ const SECRET_DETECTORS = (Object.keys(DETECTORS) as DetectorName[]).filter((d) =
 function invalid(message: string): SealwireError<"ERR_INVALID_ARGUMENT"> {
   return sealwireError("ERR_INVALID_ARGUMENT", message);
 }
+
+/** Free-text members: scanned by the secret detectors and checked against the key registry. */
+const TEXT_FIELDS = ["envelopeId", "from", "to", "peer", "kid", "reason", "source"] as const;
+/**
+ * Fixed-syntax members (hex, base64url): checked against the key registry only. They are random-looking by nature,
+ * so pattern detectors would refuse some at random (a signature can contain `ghp_` and 36 letters); a registered
+ * key written there in hex or base64url is still caught.
+ */
+const CODE_FIELDS = ["stream", "recipientKid", "prevHead", "head", "signature"] as const;
 
 /** Validates an appended event; the error names fields and rule codes, never values (zod `reportInput` stays off). */
 function parseEvent(ev: unknown): z.infer<typeof AppendSchema> {
@@ -415,21 +582,32 @@ function parseEvent(ev: unknown): z.infer<typeof AppendSchema> {
       .join("; ");
     throw invalid(`audit event rejected — metadata fields only, payload as Uint8Array: ${what}`);
   }
+  const data = r.data;
+  const present = Object.keys(data)
+    .filter((k) => k !== "event" && (data as Record<string, unknown>)[k] !== undefined)
+    .map((k) => (k === "payload" ? "payloadDigest" : k));
+  const members: Partial<Record<EventField, unknown>> = { ...data, ...(data.payload !== undefined ? { payloadDigest: true } : {}) };
+  const wrong = eventRuleViolation(data.event, members, present);
+  if (wrong !== null) throw invalid(`audit event ${data.event} rejected (see "Events and their fields" in src/audit.ts): ${wrong}`);
   // Never a secret the scanners (or the key registry) recognise, even in a field that should not hold one.
-  const strings: [string, string][] = [];
-  for (const k of ["envelopeId", "from", "to", "peer", "kid", "reason"] as const) {
-    const v = r.data[k];
-    if (v !== undefined) strings.push([k, v]);
+  const strings: [string, string, boolean][] = [];
+  for (const k of TEXT_FIELDS) {
+    const v = data[k];
+    if (v !== undefined) strings.push([k, v, true]);
   }
-  r.data.tags?.forEach((t, i) => strings.push([`tags.${i}`, t]));
-  for (const [k, v] of strings) {
+  data.tags?.forEach((t, i) => strings.push([`tags.${i}`, t, true]));
+  for (const k of CODE_FIELDS) {
+    const v = data[k];
+    if (v !== undefined) strings.push([k, v, false]);
+  }
+  for (const [k, v, text] of strings) {
     // Nothing a secret detector or the registry recognises is shorter than 8 characters: skip the work for ids.
     if (v.length < 8) continue;
-    if (scanContent(v, { detectors: SECRET_DETECTORS }).length > 0 || containsRegisteredSecret(v)) {
+    if ((text && scanContent(v, { detectors: SECRET_DETECTORS }).length > 0) || containsRegisteredSecret(v)) {
       throw invalid(`audit event field ${k} looks like a secret; audit records carry metadata only`);
     }
   }
-  return r.data;
+  return data;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -661,6 +839,141 @@ export async function verifyAuditLog(
     return { ok: false, line: 0, code: "ERR_AUDIT_IO", reason: "io_error" };
   } finally {
     await fh?.close().catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Session mode (issue 8)
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Context a `SessionReceiver` event does not carry, for {@link sessionAuditEvent}. */
+export interface SessionAuditContext {
+  /** The recipient's agent id (this node's agent): recorded as `to` on `session_gap` and `session_closed`. */
+  to?: string;
+  /** The recipient's kid (16 hex), recorded as `recipientKid` on `session_gap` and `session_closed`. */
+  recipientKid?: string;
+  /** The transport peer the stream arrived through (a hub), recorded as `peer`. */
+  peer?: string;
+}
+
+/**
+ * The audit event for a {@link SessionEvent} reported by a `SessionReceiver` (its `onEvent`), mapped field for field:
+ * `streamId` → `stream`, `senderKid` → `kid`, `uncovered` → `count`, the rest by name. A checkpoint's `digests`
+ * are left out: up to `checkpointEvery` × 64 hex characters would not fit a record ({@link MAX_RECORD_BYTES}), and
+ * the signature covers the chain head they hash to; an auditor who holds the envelopes recomputes it (see
+ * {@link verifySessionCheckpointRecord}).
+ *
+ * @example
+ * ```ts
+ * const rx = new SessionReceiver({ identity: bob, trust, onEvent: (e) => void audit.append(sessionAuditEvent(e, { to: bob.id, recipientKid: bob.kid })) });
+ * ```
+ */
+export function sessionAuditEvent(e: SessionEvent, context: SessionAuditContext = {}): AuditEvent {
+  const peer = context.peer !== undefined ? { peer: context.peer } : {};
+  const local = {
+    ...(context.to !== undefined ? { to: context.to } : {}),
+    ...(context.recipientKid !== undefined ? { recipientKid: context.recipientKid } : {}),
+  };
+  switch (e.kind) {
+    case "opened":
+      return { event: "session_opened", stream: e.streamId, from: e.from, to: e.to, kid: e.senderKid, recipientKid: e.recipientKid, ...peer };
+    case "checkpoint":
+      return {
+        event: "session_checkpoint",
+        stream: e.streamId,
+        from: e.from,
+        to: e.to,
+        kid: e.senderKid,
+        recipientKid: e.recipientKid,
+        firstSeq: e.firstSeq,
+        lastSeq: e.lastSeq,
+        prevHead: e.prevHead,
+        head: e.head,
+        signature: e.signature,
+        final: e.final,
+        ...peer,
+      };
+    case "gap":
+      return { event: "session_gap", stream: e.streamId, from: e.from, firstSeq: e.firstSeq, lastSeq: e.lastSeq, ...local, ...peer };
+    case "closed":
+      return { event: "session_closed", stream: e.streamId, from: e.from, reason: e.reason, count: e.uncovered, ...local, ...peer };
+  }
+}
+
+/** A `session_checkpoint` record's members under the names of `SessionCheckpointEvent` (without `digests`). */
+export type RecordedSessionCheckpoint = Pick<
+  SessionCheckpointEvent,
+  "from" | "to" | "senderKid" | "recipientKid" | "streamId" | "firstSeq" | "lastSeq" | "prevHead" | "head" | "signature" | "final"
+>;
+
+/**
+ * The checkpoint a `session_checkpoint` record holds, named as `verifySessionCheckpoint` (in `src/session.ts`)
+ * takes it, so an auditor holding the envelopes' digests can check them against the signed chain head too.
+ *
+ * @throws `ERR_INVALID_ARGUMENT` if `record` is not a well-formed `session_checkpoint` record.
+ */
+export function sessionCheckpointOfRecord(record: AuditRecord): RecordedSessionCheckpoint {
+  const r = RecordSchema.safeParse(record);
+  if (!r.success || r.data.event !== "session_checkpoint" || !checkShape(r.data as AuditRecord)) {
+    throw invalid("sessionCheckpointOfRecord: not a well-formed session_checkpoint audit record");
+  }
+  const d = r.data;
+  // checkShape guarantees every required member (EVENT_RULES.session_checkpoint) is present.
+  return {
+    from: d.from!,
+    to: d.to!,
+    senderKid: d.kid!,
+    recipientKid: d.recipientKid!,
+    streamId: d.stream!,
+    firstSeq: d.firstSeq!,
+    lastSeq: d.lastSeq!,
+    prevHead: d.prevHead!,
+    head: d.head!,
+    signature: d.signature!,
+    final: d.final!,
+  };
+}
+
+/**
+ * Checks, from a `session_checkpoint` record alone, that the stream's sender signed it: Ed25519 under
+ * `senderSignPublicKey` over `checkpointSignedBytes(stream, kid, recipientKid, firstSeq, lastSeq, prevHead, head,
+ * final)` (`src/session.ts`). True only if every one of those members is as the sender signed it. What this does
+ * not show: that the envelopes delivered are the ones `head` hashes — for that, recompute it from their digests
+ * with `verifySessionCheckpoint(p, sessionCheckpointOfRecord(record), key, digests)`. Look the key up by the
+ * record's `from` and `kid` (the sender's key at the time, after a rotation).
+ *
+ * Never throws on a hostile record (returns false); throws `ERR_INVALID_ARGUMENT` if the key is not 32 bytes.
+ */
+export function verifySessionCheckpointRecord(
+  record: AuditRecord,
+  senderSignPublicKey: Uint8Array,
+  provider: CryptoProvider = defaultProvider,
+): boolean {
+  if (!(senderSignPublicKey instanceof Uint8Array) || senderSignPublicKey.length !== 32) {
+    throw invalid("verifySessionCheckpointRecord: senderSignPublicKey must be a 32-byte Ed25519 public key");
+  }
+  let cp: RecordedSessionCheckpoint;
+  try {
+    cp = sessionCheckpointOfRecord(record);
+  } catch {
+    return false;
+  }
+  try {
+    const msg = checkpointSignedBytes(
+      new Uint8Array(Buffer.from(cp.streamId, "hex")),
+      cp.senderKid,
+      cp.recipientKid,
+      cp.firstSeq,
+      cp.lastSeq,
+      new Uint8Array(Buffer.from(cp.prevHead, "hex")),
+      new Uint8Array(Buffer.from(cp.head, "hex")),
+      cp.final,
+    );
+    // SIGNATURE admits only the canonical spelling, so these are exactly the 64 bytes the record names.
+    const sig = new Uint8Array(Buffer.from(cp.signature, "base64url"));
+    return provider.ed25519Verify(provider.ed25519Public(senderSignPublicKey), msg, sig);
+  } catch {
+    return false;
   }
 }
 

@@ -14,9 +14,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { inspect } from "node:util";
 import fc from "fast-check";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { afterEach, beforeEach, describe, expect, expectTypeOf, it, vi } from "vitest";
 import { defaultProvider } from "../src/_crypto.js";
 import {
+  APPENDABLE_EVENTS,
   type AuditEvent,
   AuditLog,
   type AuditRecord,
@@ -27,11 +28,30 @@ import {
   auditRecordHash,
   canonicalJson,
   fileSink,
+  MESSAGE_EVENTS,
   memorySink,
+  SESSION_CLOSE_REASONS,
+  SESSION_EVENTS,
+  sessionAuditEvent,
+  sessionCheckpointOfRecord,
   verifyAuditLog,
+  verifySessionCheckpointRecord,
 } from "../src/audit.js";
+import { encodePayload } from "../src/envelope.js";
 import { SealwireError } from "../src/errors.js";
+import { Identity } from "../src/identity.js";
 import { registerSecret, unregisterAllSecrets } from "../src/redact.js";
+import {
+  checkpointSignedBytes,
+  decodeSessionEnvelope,
+  isSessionFrame,
+  SessionReceiver,
+  SessionSender,
+  type SessionEvent,
+  type SessionHeader,
+  verifySessionCheckpoint,
+} from "../src/session.js";
+import { TrustStore } from "../src/trust.js";
 
 function makeSigner(id = "node-a", kid = "k1"): AuditSigner & { publicKey: Uint8Array; seed: Uint8Array } {
   const { key, seed } = defaultProvider.ed25519Generate();
@@ -759,5 +779,323 @@ describe("ordering, limits and failures", () => {
       "checkpoint",
     ]);
     expect(await verifyAuditLog(sink.lines(), pk)).toMatchObject({ ok: true, segments: 2 });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Session-mode and refusal events (issues 8 and 9)
+// ---------------------------------------------------------------------------------------------------------------
+
+const hex = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 37 + seed * 101 + 7) & 0xff)).toString("hex");
+const SIG86 = `${"Ab0_-z9".repeat(12)}Ab0_-z9Ab0_-z9`.slice(0, 85) + "w"; // canonical: the last char's 4 spare bits are zero
+const STREAM = hex(16, 1);
+const ALICE_KID = hex(8, 2);
+const BOB_KID = hex(8, 3);
+
+/** One valid event of each new kind. */
+const newEvents = (): AuditEvent[] => [
+  { event: "session_opened", stream: STREAM, from: "alice", to: "bob", kid: ALICE_KID, recipientKid: BOB_KID },
+  {
+    event: "session_checkpoint",
+    stream: STREAM,
+    from: "alice",
+    to: "bob",
+    kid: ALICE_KID,
+    recipientKid: BOB_KID,
+    firstSeq: 0,
+    lastSeq: 255,
+    prevHead: hex(32, 4),
+    head: hex(32, 5),
+    signature: SIG86,
+    final: false,
+    peer: "hub",
+  },
+  { event: "session_gap", stream: STREAM, from: "alice", firstSeq: 256, lastSeq: 511 },
+  { event: "session_gap", stream: STREAM, from: "alice", firstSeq: 0xffff_ffff, lastSeq: 0xffff_ffff, to: "bob", kid: ALICE_KID, recipientKid: BOB_KID },
+  { event: "session_closed", stream: STREAM, from: "alice", reason: "final", count: 0 },
+  { event: "session_closed", stream: STREAM, from: "alice", reason: "checkpoint_failed", count: 17, to: "bob", peer: "hub" },
+  { event: "refused_connections", reason: "ws_max_connections", count: 1 },
+  { event: "refused_connections", reason: "ws_handshake_timeout", source: "127.0.0.1", count: 4200, windowMs: 10_000 },
+  { event: "refused_connections", reason: "noise_handshake_cap", source: "[::1]", count: 3, windowMs: 1 },
+  { event: "refused_connections", reason: "noise_handshake_failed", source: "pi-2.home.lan", count: 1, windowMs: 3_600_000 },
+  { event: "refused_connections", reason: "malformed_frame", source: "*", count: Number.MAX_SAFE_INTEGER },
+  { event: "refused_connections", reason: "other", source: "fe80::1%eth0".replace("%", "_"), count: 2 },
+];
+
+describe("session-mode and refusal events", () => {
+  it("valid events are accepted, written as given and verify (memory and file sinks)", async () => {
+    const path = join(dir, "events.log");
+    const sink = memorySink();
+    for (const s of [sink, fileSink(path)]) {
+      const log = await AuditLog.open(s, { signer, checkpointEvery: 5 });
+      const recs: AuditRecord[] = [];
+      for (const e of newEvents()) recs.push(await log.append(e));
+      recs.forEach((r, i) => {
+        const { event: _e, ...members } = newEvents()[i]!;
+        expect(r).toMatchObject({ event: newEvents()[i]!.event, ...members });
+      });
+      await log.close();
+      const lines = s === sink ? sink.lines() : readFileSync(path, "latin1").trimEnd().split("\n");
+      for (const r of recs) expect(lines).toContain(canonicalJson(r));
+      expect(await verifyAuditLog(s === sink ? lines : path, pk)).toMatchObject({ ok: true, records: 1 + newEvents().length + 3 });
+    }
+  });
+
+  it("APPENDABLE_EVENTS lists the old and the new events; SESSION_CLOSE_REASONS is exactly the receiver's reasons", () => {
+    expect(APPENDABLE_EVENTS).toEqual([...MESSAGE_EVENTS, ...SESSION_EVENTS, "refused_connections"]);
+    expect(SESSION_EVENTS).toEqual(["session_opened", "session_checkpoint", "session_gap", "session_closed"]);
+    type ReceiverReason = Extract<SessionEvent, { kind: "closed" }>["reason"];
+    expectTypeOf<(typeof SESSION_CLOSE_REASONS)[number]>().toEqualTypeOf<ReceiverReason>();
+  });
+
+  it("malformed values are refused with ERR_INVALID_ARGUMENT, and the message does not echo them", async () => {
+    const log = await AuditLog.open(memorySink(), { signer });
+    const [opened, cp, gap, , closed, , refused] = newEvents() as [AuditEvent, AuditEvent, AuditEvent, AuditEvent, AuditEvent, AuditEvent, AuditEvent];
+    const bad: [string, AuditEvent][] = [
+      ["stream uppercase", { ...opened, stream: STREAM.toUpperCase() }],
+      ["stream short", { ...opened, stream: STREAM.slice(1) }],
+      ["stream long", { ...opened, stream: `${STREAM}0` }],
+      ["kid not hex", { ...opened, kid: "k1" }],
+      ["kid 17 hex", { ...opened, kid: `${ALICE_KID}0` }],
+      ["recipientKid uppercase", { ...opened, recipientKid: BOB_KID.toUpperCase() }],
+      ["recipientKid short", { ...opened, recipientKid: BOB_KID.slice(2) }],
+      ["firstSeq negative", { ...cp, firstSeq: -1 }],
+      ["lastSeq 2^32", { ...cp, lastSeq: 2 ** 32 }],
+      ["firstSeq fraction", { ...cp, firstSeq: 0.5 }],
+      ["firstSeq string", { ...cp, firstSeq: "0" as unknown as number }],
+      ["firstSeq > lastSeq", { ...cp, firstSeq: 10, lastSeq: 9 }],
+      ["gap reversed", { ...gap, firstSeq: 600, lastSeq: 599 }],
+      ["prevHead 63", { ...cp, prevHead: hex(32, 4).slice(1) }],
+      ["head uppercase", { ...cp, head: hex(32, 5).toUpperCase() }],
+      ["head base64", { ...cp, head: Buffer.from(hex(32, 5), "hex").toString("base64url") }],
+      ["signature 85", { ...cp, signature: SIG86.slice(1) }],
+      ["signature 87", { ...cp, signature: `${SIG86}A` }],
+      ["signature padded", { ...cp, signature: `${SIG86}==` }],
+      ["signature std base64", { ...cp, signature: `+/${SIG86.slice(2)}` }],
+      ["signature non-canonical", { ...cp, signature: `${SIG86.slice(0, 85)}x` }],
+      ["final string", { ...cp, final: "true" as unknown as boolean }],
+      ["count negative", { ...closed, count: -1 }],
+      ["count fraction", { ...closed, count: 1.5 }],
+      ["count unsafe", { ...closed, count: 2 ** 53 }],
+      ["closed reason unknown", { ...closed, reason: "tired" }],
+      ["refused count 0", { ...refused, count: 0 }],
+      ["source space", { ...refused, source: "10.0.0.1 x" }],
+      ["source non-ASCII", { ...refused, source: "hüb" }],
+      ["source slash", { ...refused, source: "10.0.0.0/8" }],
+      ["source empty", { ...refused, source: "" }],
+      ["source 65", { ...refused, source: "a".repeat(65) }],
+      ["source star plus", { ...refused, source: "*x" }],
+      ["source newline", { ...refused, source: "a\nb" }],
+      ["windowMs 0", { ...refused, windowMs: 0 }],
+      ["windowMs over an hour", { ...refused, windowMs: 3_600_001 }],
+      ["windowMs fraction", { ...refused, windowMs: 1.5 }],
+      ["reason sentence", { ...refused, reason: "too many connections" }],
+    ];
+    for (const [what, e] of bad) {
+      const err = await log.append(e).catch((x: unknown) => x);
+      expect(err, what).toBeInstanceOf(SealwireError);
+      expect(err, what).toMatchObject({ code: "ERR_INVALID_ARGUMENT" });
+      for (const v of Object.values(e)) {
+        if (typeof v === "string" && v.length > 6 && !/^[a-z_]+$/.test(v)) expect((err as Error).message, what).not.toContain(v);
+      }
+    }
+    expect(log.count).toBe(1); // nothing was written
+    await log.close();
+  });
+
+  it("fields that do not belong to the event, and missing required ones, are refused", async () => {
+    const log = await AuditLog.open(memorySink(), { signer });
+    const [opened, cp, gap, , closed, , refused] = newEvents() as [AuditEvent, AuditEvent, AuditEvent, AuditEvent, AuditEvent, AuditEvent, AuditEvent];
+    const { signature: _s, ...cpNoSig } = cp;
+    const { final: _f, ...cpNoFinal } = cp;
+    const { recipientKid: _r, ...cpNoRkid } = cp;
+    const { count: _c, ...closedNoCount } = closed;
+    const { count: _c2, ...refusedNoCount } = refused;
+    const { reason: _rr, ...refusedNoReason } = refused;
+    const { stream: _st, ...gapNoStream } = gap;
+    const foreign: [string, AuditEvent][] = [
+      ["opened + envelopeId", { ...opened, envelopeId: "e0001" }],
+      ["opened + payload", { ...opened, payload: new Uint8Array([1]) }],
+      ["opened + signature", { ...opened, signature: SIG86 }],
+      ["opened + tags", { ...opened, tags: ["pii:email"] }],
+      ["checkpoint + count", { ...cp, count: 3 }],
+      ["checkpoint + decision", { ...cp, decision: "allow" }],
+      ["gap + head", { ...gap, head: hex(32, 5) }],
+      ["closed + final", { ...closed, final: true }],
+      ["closed + firstSeq", { ...closed, firstSeq: 1 }],
+      ["refused + from", { ...refused, from: "alice" }],
+      ["refused + peer", { ...refused, peer: "hub" }],
+      ["refused + payload", { ...refused, payload: new Uint8Array([1]) }],
+      ["refused + stream", { ...refused, stream: STREAM }],
+      ["sent + stream", { ...ev(1), stream: STREAM }],
+      ["sent + signature", { ...ev(1), signature: SIG86 }],
+      ["sent + count", { ...ev(1), count: 1 }],
+      ["denied + source", { ...ev(1), event: "denied", source: "127.0.0.1" }],
+      ["handshake + windowMs", { event: "handshake", peer: "bob", windowMs: 10 }],
+      ["unknown member", { ...refused, body: "hello" } as AuditEvent],
+      ["checkpoint without signature", cpNoSig as AuditEvent],
+      ["checkpoint without final", cpNoFinal as AuditEvent],
+      ["checkpoint without recipientKid", cpNoRkid as AuditEvent],
+      ["closed without count", closedNoCount as AuditEvent],
+      ["refused without count", refusedNoCount as AuditEvent],
+      ["refused without reason", refusedNoReason as AuditEvent],
+      ["gap without stream", gapNoStream as AuditEvent],
+      ["opened bare", { event: "session_opened" }],
+      ["unknown event", { event: "session_resumed" as "session_opened", stream: STREAM }],
+    ];
+    for (const [what, e] of foreign) {
+      await expect(log.append(e), what).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT" });
+    }
+    expect((await log.append(cp).catch(() => null))?.event).toBe("session_checkpoint"); // the valid one passes
+    await log.close();
+  });
+
+  it("secrets cannot ride in the new fields; random valid signatures and heads are never mistaken for one (property)", async () => {
+    const log = await AuditLog.open(memorySink(), { signer });
+    const refused = newEvents()[6]!;
+    await expect(log.append({ ...refused, source: `ghp_${"aB3".repeat(12)}` })).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT" });
+    const key = defaultProvider.randomBytes(32);
+    registerSecret(key);
+    const cp = newEvents()[1]!;
+    const err = await log.append({ ...cp, head: Buffer.from(key).toString("hex") }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "ERR_INVALID_ARGUMENT" });
+    expect((err as Error).message).toContain("head");
+    expect((err as Error).message).not.toContain(Buffer.from(key).toString("hex"));
+    await expect(log.append({ ...cp, prevHead: Buffer.from(key).toString("hex") })).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT" });
+    unregisterAllSecrets();
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ minLength: 64, maxLength: 64 }), fc.uint8Array({ minLength: 32, maxLength: 32 }), async (sig, h) => {
+        const r = await log.append({ ...cp, signature: Buffer.from(sig).toString("base64url"), head: Buffer.from(h).toString("hex") });
+        expect(r.signature).toBe(Buffer.from(sig).toString("base64url"));
+      }),
+      { numRuns: 300 },
+    );
+    await log.close();
+  });
+
+  it("the verifier refuses records whose members do not fit their event (re-hashed, so only the shape can tell)", async () => {
+    const sink = memorySink();
+    const log = await AuditLog.open(sink, { signer, checkpointEvery: 1000 });
+    for (const e of newEvents()) await log.append(e);
+    await log.append(ev(1));
+    await log.close();
+    const lines = sink.lines();
+    expect(await verifyAuditLog(lines, pk)).toMatchObject({ ok: true });
+    const at = (event: string) => indexOfEvent(lines, (r) => r["event"] === event);
+    const edits: [string, number, (r: Record<string, unknown>) => void][] = [
+      ["signature on sent", at("sent"), (r) => (r["signature"] = SIG86)],
+      ["stream on sent", at("sent"), (r) => (r["stream"] = STREAM)],
+      ["checkpoint without head", at("session_checkpoint"), (r) => delete r["head"]],
+      ["checkpoint with a sender kid not 16 hex", at("session_checkpoint"), (r) => (r["kid"] = "k1")],
+      ["checkpoint reversed range", at("session_checkpoint"), (r) => (r["firstSeq"] = 300)],
+      ["checkpoint non-canonical signature", at("session_checkpoint"), (r) => (r["signature"] = `${SIG86.slice(0, 85)}x`)],
+      ["opened with envelopeId", at("session_opened"), (r) => (r["envelopeId"] = "e1")],
+      ["closed with an unknown reason", at("session_closed"), (r) => (r["reason"] = "tired")],
+      ["refused count 0", at("refused_connections"), (r) => (r["count"] = 0)],
+      ["refused with payloadDigest", at("refused_connections"), (r) => (r["payloadDigest"] = hex(32, 9))],
+      ["refused windowMs 0", at("refused_connections"), (r) => (r["windowMs"] = 0)],
+    ];
+    for (const [what, i, edit] of edits) {
+      expect(i, what).toBeGreaterThan(0);
+      const r = parse(lines[i]!);
+      edit(r);
+      const t = [...lines];
+      t[i] = rehash(r);
+      expect(await verifyAuditLog(t, pk), what).toEqual({ ok: false, line: i + 1, code: "ERR_AUDIT_TAMPERED", reason: "bad_record" });
+    }
+  });
+
+  it("a real session: the receiver's events become records, and each checkpoint re-verifies from its record and the sender's key", async () => {
+    const clock = { t: 1_800_000_000_000 };
+    const alice = Identity.generate("alice");
+    const bob = Identity.generate("bob");
+    const mallory = Identity.generate("mallory");
+    const trustA = new TrustStore();
+    trustA.add(bob.publicIdentity);
+    const trustB = new TrustStore();
+    trustB.add(alice.publicIdentity);
+    const events: SessionEvent[] = [];
+    const tx = new SessionSender({ identity: alice, trust: trustA, to: "bob", now: () => clock.t, checkpointEvery: 8 });
+    const rx = new SessionReceiver({ identity: bob, trust: trustB, now: () => clock.t, replayWindow: 32, onEvent: (e) => events.push(e) });
+    const path = join(dir, "session.log");
+    const log = await AuditLog.open(fileSink(path), { signer, checkpointEvery: 4 });
+    const digests = new Map<number, Uint8Array>();
+    try {
+      const frames: Uint8Array[] = [];
+      for (let i = 0; i < 60; i++) {
+        const s = tx.seal(encodePayload({ i }));
+        frames.push(...s.preceding, s.bytes);
+      }
+      frames.push(tx.close()!);
+      for (const f of frames) {
+        const seq = isSessionFrame(f) ? decodeSessionEnvelope(f).wire.seq : 0;
+        if (seq === 11) continue; // lost: [8, 15] becomes a gap once the window has passed
+        const m = rx.open(f);
+        if (m.digest) digests.set((m.header as SessionHeader).seq, m.digest);
+      }
+      expect(new Set(events.map((e) => e.kind))).toEqual(new Set(["opened", "checkpoint", "gap", "closed"]));
+      for (const e of events) await log.append(sessionAuditEvent(e, { to: "bob", recipientKid: bob.kid }));
+    } finally {
+      await log.close();
+      rx.close();
+    }
+    expect(await verifyAuditLog(path, pk)).toMatchObject({ ok: true });
+    // Read back: from here on only the file and the sender's public key are used.
+    const records = readFileSync(path, "latin1")
+      .trimEnd()
+      .split("\n")
+      .map((l) => parse(l) as unknown as AuditRecord);
+    expect(records.filter((r) => r.event === "session_opened")).toEqual([
+      expect.objectContaining({ from: "alice", to: "bob", kid: alice.kid, recipientKid: bob.kid, stream: expect.stringMatching(/^[0-9a-f]{32}$/) }),
+    ]);
+    expect(records.filter((r) => r.event === "session_gap").map((r) => [r.firstSeq, r.lastSeq])).toEqual([[8, 15]]);
+    const closed = events.find((e) => e.kind === "closed");
+    expect(records.filter((r) => r.event === "session_closed")).toEqual([
+      expect.objectContaining({ reason: "final", count: closed?.kind === "closed" ? closed.uncovered : -1, to: "bob", recipientKid: bob.kid }),
+    ]);
+    const cps = records.filter((r) => r.event === "session_checkpoint");
+    expect(cps.length).toBeGreaterThanOrEqual(6);
+    expect(cps.at(-1)).toMatchObject({ final: true });
+    for (const r of cps) {
+      // Independently of the helper: the bytes session.ts signs, rebuilt from the record's members.
+      const msg = checkpointSignedBytes(
+        Buffer.from(r.stream!, "hex"),
+        r.kid!,
+        r.recipientKid!,
+        r.firstSeq!,
+        r.lastSeq!,
+        Buffer.from(r.prevHead!, "hex"),
+        Buffer.from(r.head!, "hex"),
+        r.final!,
+      );
+      const sig = new Uint8Array(Buffer.from(r.signature!, "base64url"));
+      expect(defaultProvider.ed25519Verify(defaultProvider.ed25519Public(alice.signPublicKey), msg, sig)).toBe(true);
+      expect(verifySessionCheckpointRecord(r, alice.signPublicKey)).toBe(true);
+      expect(verifySessionCheckpointRecord(r, mallory.signPublicKey)).toBe(false);
+      // and with the envelopes' digests (held by whoever kept them), the signed head matches what was delivered
+      const ds = Array.from({ length: r.lastSeq! - r.firstSeq! + 1 }, (_, k) => digests.get(r.firstSeq! + k)!);
+      expect(verifySessionCheckpoint(defaultProvider, sessionCheckpointOfRecord(r), alice.signPublicKey, ds)).toBe(true);
+      // every signed member matters
+      const edits: Partial<AuditRecord>[] = [
+        { firstSeq: r.firstSeq! + 1 },
+        { lastSeq: r.lastSeq! + 1 },
+        { final: !r.final },
+        { head: hex(32, 6) },
+        { prevHead: hex(32, 7) },
+        { stream: hex(16, 8) },
+        { kid: mallory.kid },
+        { recipientKid: alice.kid },
+      ];
+      for (const edit of edits) expect(verifySessionCheckpointRecord({ ...r, ...edit }, alice.signPublicKey), JSON.stringify(edit)).toBe(false);
+    }
+    // hostile input: never throws, just false; a caller passing a bad key is told
+    for (const bad of [records[0]!, { ...cps[0]!, signature: "x" }, { ...cps[0]!, event: "sent" } as AuditRecord, {} as AuditRecord, null as unknown as AuditRecord]) {
+      expect(verifySessionCheckpointRecord(bad, alice.signPublicKey)).toBe(false);
+    }
+    expect(() => verifySessionCheckpointRecord(cps[0]!, new Uint8Array(31))).toThrowError(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT" }));
+    expect(() => sessionCheckpointOfRecord(records[0]!)).toThrowError(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT" }));
+    alice.close();
+    bob.close();
+    mallory.close();
   });
 });
