@@ -32,13 +32,10 @@
  * rows.push(...(await benchHub({ quick })));
  * ```
  */
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer as createHttpServer, type IncomingMessage, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
-import { loadavg, tmpdir } from "node:os";
-import { join } from "node:path";
+import { loadavg } from "node:os";
 import { pathToFileURL } from "node:url";
 import WebSocket, { WebSocketServer } from "ws";
 import { createAgent, type Agent } from "../src/agent.js";
@@ -47,7 +44,8 @@ import { Identity } from "../src/identity.js";
 import { TrustStore } from "../src/trust.js";
 import { noise } from "../transports/noise/index.js";
 import { webSocket } from "../transports/websocket.js";
-import { machine, measurePair, median, printRows, row, type Result, type Row } from "./harness.js";
+import { fixed as at, latencies, machine, measurePair, median, percentile, printRows, row, scale, type Row } from "./harness.js";
+import { Counter, makeCert, type Tls } from "./links.js";
 
 /** Options for {@link benchHub}. */
 export interface HubBenchOptions {
@@ -56,27 +54,6 @@ export interface HubBenchOptions {
 }
 
 const PAYLOAD_BYTES = 1024;
-
-/** Counts arrivals; `until(n)` resolves once `n` more have arrived. */
-class Counter {
-  #count = 0;
-  #target = Number.POSITIVE_INFINITY;
-  #resolve: (() => void) | undefined;
-  hit(): void {
-    if (++this.#count >= this.#target) {
-      this.#target = Number.POSITIVE_INFINITY;
-      const r = this.#resolve;
-      this.#resolve = undefined;
-      r?.();
-    }
-  }
-  until(n: number): Promise<void> {
-    return new Promise((resolve) => {
-      this.#target = this.#count + n;
-      this.#resolve = resolve;
-    });
-  }
-}
 
 /** What each side of the comparison can do. */
 interface Side {
@@ -132,31 +109,6 @@ async function hubSide(): Promise<Side & { confirmedBurst(n: number): Promise<vo
       for (const i of Object.values(ids)) i.close();
     },
   };
-}
-
-interface Tls {
-  cert: Buffer;
-  key: Buffer;
-}
-
-/** A throwaway self-signed certificate for 127.0.0.1 (EC P-256), or undefined if openssl is missing. */
-function makeCert(): Tls | undefined {
-  const dir = mkdtempSync(join(tmpdir(), "sealwire-bench-hub-"));
-  try {
-    execFileSync(
-      "openssl",
-      [
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-        "-keyout", "k.pem", "-out", "c.pem", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-      ],
-      { cwd: dir, stdio: "ignore" },
-    );
-    return { cert: readFileSync(join(dir, "c.pem")), key: readFileSync(join(dir, "k.pem")) };
-  } catch {
-    return undefined;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
 }
 
 async function serve(tls: Tls | undefined): Promise<{ http: Server; wss: WebSocketServer; url: string }> {
@@ -230,36 +182,6 @@ async function rawSide(tls: Tls | undefined, relay: boolean): Promise<Side> {
     },
   };
 }
-
-/** A result measured in batches of `per` operations, as operations per second. */
-function scale(r: Result, per: number): Result {
-  return { name: r.name, median: r.median * per, samples: r.samples.map((x) => x * per) };
-}
-
-function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
-
-/** Round-trip times in ms for each side, taken in interleaved rounds so load changes hit all sides alike. */
-async function latencies(sides: [string, Side][], perSide: number, rounds: number, warmup: number): Promise<Map<string, number[]>> {
-  const out = new Map<string, number[]>(sides.map(([n]) => [n, []]));
-  for (const [, s] of sides) for (let i = 0; i < warmup; i++) await s.roundTrip();
-  const per = Math.ceil(perSide / rounds);
-  for (let r = 0; r < rounds; r++) {
-    for (const [name, s] of sides) {
-      const xs = out.get(name)!;
-      for (let i = 0; i < per; i++) {
-        const t0 = performance.now();
-        await s.roundTrip();
-        xs.push(performance.now() - t0);
-      }
-    }
-  }
-  return out;
-}
-
-const at = (name: string, value: number, samples: number[]): Result => ({ name, median: value, samples });
 
 /** Measures the hub path beside raw WebSockets; returns rows for `bench/index.ts` (see the module docs). */
 export async function benchHub(options: HubBenchOptions = {}): Promise<Row[]> {
