@@ -3,8 +3,6 @@
  * payloads measured in the same run (samples interleaved, medians), on a local `nats-server` started for the
  * run (single server, JetStream with file storage):
  *
- * - core frames: 1 KiB frames through a dialled `nats()` connection (the transport alone: demultiplexing header,
- *   sequence numbers, credit-based flow control);
  * - core envelopes: two agents, `agent.send` of 1 KiB of data (sign + seal, the transport, verify + open, the
  *   agent's inbox);
  * - durable frames / durable envelopes: the same through JetStream (every publish acknowledged by the stream,
@@ -13,6 +11,9 @@
  *
  * Raw NATS is measured with one publishing and one subscribing connection, like the two agents. A message
  * counts once the receiver has it: every sample ends by waiting for the last one.
+ *
+ * Core-mode frames through the transport alone (1 KiB and 64 KiB, with backpressure) are in the `transports`
+ * group (`transports.ts`). Without `nats-server` on the PATH the group prints one row saying it was skipped.
  *
  * @module
  * @example
@@ -25,7 +26,6 @@
  * rows.push(...(await benchNats({ quick })));
  * ```
  */
-import { spawnSync } from "node:child_process";
 import { pathToFileURL } from "node:url";
 import { connect } from "@nats-io/transport-node";
 import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -35,7 +35,8 @@ import { generateIdentity } from "../src/identity.js";
 import type { Connection } from "../src/transport.js";
 import { TrustStore } from "../src/trust.js";
 import { startNats } from "../examples/nats-cluster/cluster.js";
-import { machine, measurePair, printRows, row, type Row } from "./harness.js";
+import { machine, measurePair, printRows, row, skippedRow, type Row } from "./harness.js";
+import { onPath } from "./links.js";
 
 const PAYLOAD = 1024;
 
@@ -86,9 +87,8 @@ function stepper(pipe: Pipe, batch: number): (i: number) => unknown {
 
 /** Measures sealwire over NATS (core and durable) beside raw NATS; returns rows for `bench/index.ts`. */
 export async function benchNats(options: NatsBenchOptions = {}): Promise<Row[]> {
-  if (spawnSync("nats-server", ["--version"]).error !== undefined) {
-    console.error("  nats: skipped (nats-server is not installed; apt-get install nats-server)");
-    return [];
+  if (!onPath("nats-server")) {
+    return [skippedRow("nats", "core and durable envelopes, durable frames, 1 KiB", "raw NATS pub/sub 1 KiB", "nats-server not installed")];
   }
   const quick = options.quick ?? false;
   const samples = quick ? 2 : 5;
@@ -198,7 +198,6 @@ export async function benchNats(options: NatsBenchOptions = {}): Promise<Row[]> 
     };
 
     const cases: [string, string, () => Promise<Pipe>, number, string?][] = [
-      ["nats core", "frames 1 KiB (transport only)", () => frames("core", "frames-core"), quick ? 2000 : 20_000],
       ["nats core", "envelopes 1 KiB (agent → agent)", () => envelopes("core"), quick ? 200 : 2000],
       ["nats durable", "frames 1 KiB (JetStream, acked)", () => frames("durable", "frames-durable"), quick ? 500 : 5000],
       ["nats durable", "envelopes 1 KiB (agent → agent)", () => envelopes("durable"), quick ? 200 : 1500],
