@@ -1,53 +1,113 @@
 /**
  * `npm run bench`: every measurement beside its baseline from the same run, with the ratio, medians of several
- * samples after warm-up. `--markdown` prints a Markdown table; `--quick` takes fewer samples (used by tests);
- * `--only <group>` runs one group (envelope, session, noise, websocket, hub, nats).
+ * samples after warm-up, and the machine it ran on (nothing pinned).
+ *
+ * Flags:
+ * - `--markdown` prints a Markdown table instead of aligned text;
+ * - `--write-readme` also rewrites the generated section of `bench/README.md` (between `<!-- bench:begin -->`
+ *   and `<!-- bench:end -->`) with the machine, the time and the Markdown table, so no figure is hand-edited;
+ *   refused with `--quick` or `--only` (the README holds full runs of every group only);
+ * - `--quick` takes fewer, shorter samples (used by tests);
+ * - `--only <group>[,<group>…]` runs those groups: envelope, session, codec, noise, transports, websocket,
+ *   latency, hub, nats. An unknown name is an error.
+ *
+ * Exit status 1 if a group failed (its row says why; the README is then left alone), 2 for a usage error.
  *
  * @module
  * @example
  * ```sh
  * npm run bench
  * npm run bench -- --markdown
- * npm run bench -- --only noise
+ * npm run bench -- --only codec,latency --quick
+ * npm run bench -- --write-readme
  * ```
  */
-import { existsSync } from "node:fs";
-import { benchEnvelopes } from "./envelope.js";
-import { machine, printRows, type Row } from "./harness.js";
-import { benchNoise } from "./noise.js";
-import { benchSession } from "./session.js";
-import { benchWebSocket } from "./websocket.js";
+import { readFileSync, writeFileSync } from "node:fs";
+import { loadAverage, machine, printRows, replaceGenerated, skippedRow, type Row } from "./harness.js";
+
+type Runner = (o: { quick: boolean }) => Promise<Row[]>;
+
+/** Groups in run order: name, module, export. Modules load only when their group runs. */
+export const GROUPS: readonly (readonly [name: string, file: string, fn: string])[] = [
+  ["envelope", "./envelope.js", "benchEnvelopes"],
+  ["session", "./session.js", "benchSession"],
+  ["codec", "./codec.js", "benchCodec"],
+  ["noise", "./noise.js", "benchNoise"],
+  ["transports", "./transports.js", "benchTransports"],
+  ["websocket", "./websocket.js", "benchWebSocket"],
+  ["latency", "./latency.js", "benchLatency"],
+  ["hub", "./hub.js", "benchHub"],
+  ["nats", "./nats.js", "benchNats"],
+];
+
+const usage = (msg: string): never => {
+  console.error(`bench: ${msg}`);
+  console.error(`usage: npm run bench -- [--markdown] [--quick] [--only <group>[,<group>…]] [--write-readme]`);
+  console.error(`groups: ${GROUPS.map(([n]) => n).join(", ")}`);
+  process.exit(2);
+};
 
 const argv = process.argv.slice(2);
+const known = new Set(["--markdown", "--quick", "--only", "--write-readme"]);
+for (let i = 0; i < argv.length; i++) {
+  if (argv[i] === "--only") i++;
+  else if (!known.has(argv[i]!)) usage(`unknown argument ${JSON.stringify(argv[i])}`);
+}
+const writeReadme = argv.includes("--write-readme");
 const markdown = argv.includes("--markdown");
 const quick = argv.includes("--quick");
 const onlyAt = argv.indexOf("--only");
-const only = onlyAt >= 0 ? argv[onlyAt + 1] : undefined;
+let only: Set<string> | undefined;
+if (onlyAt >= 0) {
+  const list = argv[onlyAt + 1];
+  if (list === undefined || list.startsWith("--")) usage("--only needs a group name");
+  only = new Set(list!.split(",").map((s) => s.trim()));
+  for (const name of only) if (!GROUPS.some(([n]) => n === name)) usage(`unknown group ${JSON.stringify(name)}`);
+}
+if (writeReadme && (quick || only)) usage("--write-readme regenerates the README from a full run of every group: drop --quick and --only");
 
-type Group = [name: string, run: () => Promise<Row[]>];
-const groups: Group[] = [
-  ["envelope", () => benchEnvelopes({ quick })],
-  ["session", () => benchSession({ quick })],
-  ["noise", () => benchNoise({ quick })],
-  ["websocket", () => benchWebSocket({ quick })],
-];
-// Groups whose modules land separately are loaded only when present.
-for (const [name, file, fn] of [
-  ["hub", "./hub.ts", "benchHub"],
-  ["nats", "./nats.ts", "benchNats"],
-] as const) {
-  if (existsSync(new URL(file, import.meta.url))) {
-    groups.push([name, async () => ((await import(file.replace(/\.ts$/, ".js"))) as Record<string, (o: { quick: boolean }) => Promise<Row[]>>)[fn]!({ quick })]);
+const readmeUrl = new URL("./README.md", import.meta.url);
+// Fail before a long run, not after it, if the README cannot take the table.
+if (writeReadme) replaceGenerated(readFileSync(readmeUrl, "utf8"), "");
+
+const started = new Date();
+const loadAtStart = loadAverage();
+const header = `sealwire bench — ${machine()}${quick ? " (quick)" : ""}`;
+console.log(header);
+const rows: Row[] = [];
+let failed = false;
+for (const [name, file, fn] of GROUPS) {
+  if (only && !only.has(name)) continue;
+  const t0 = performance.now();
+  try {
+    const mod = (await import(file)) as Record<string, Runner>;
+    const got = await mod[fn]!({ quick });
+    rows.push(...got);
+    console.error(`  ${name}: ${got.length} rows in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  } catch (e) {
+    failed = true;
+    process.exitCode = 1;
+    const why = e instanceof Error ? `${(e as { code?: string }).code ?? e.name}: ${e.message}` : String(e);
+    rows.push({ ...skippedRow(name, "(whole group)", "", why), note: `FAILED: ${why}` });
+    console.error(`  ${name}: FAILED after ${((performance.now() - t0) / 1000).toFixed(1)} s`, e);
   }
 }
-
-console.log(`sealwire bench — ${machine()}${quick ? " (quick)" : ""}`);
-const rows: Row[] = [];
-for (const [name, run] of groups) {
-  if (only && name !== only) continue;
-  const t0 = performance.now();
-  const got = await run();
-  rows.push(...got);
-  if (!markdown) console.error(`  ${name}: ${got.length} rows in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-}
 console.log(printRows(rows, markdown));
+
+if (writeReadme) {
+  if (failed) {
+    console.error("bench: a group failed; bench/README.md was left as it was");
+  } else {
+    const minutes = ((Date.now() - started.getTime()) / 60_000).toFixed(1);
+    const generated = [
+      `Generated by \`npm run bench -- --write-readme\`, started ${started.toISOString().replace(/\.\d+Z$/, "Z")}, ` +
+        `${minutes} min; 1-minute load average ${loadAtStart} at the start, ${loadAverage()} at the end.`,
+      "",
+      `Machine: ${machine().replace(/; load average [\d.]+/, "")}.`,
+      "",
+      printRows(rows, true),
+    ].join("\n");
+    writeFileSync(readmeUrl, replaceGenerated(readFileSync(readmeUrl, "utf8"), generated));
+    console.error("bench: bench/README.md regenerated");
+  }
+}
