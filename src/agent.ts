@@ -2,11 +2,30 @@
  * The agent API: `createAgent` gives an agent that sends signed, sealed, tagged envelopes to other agents over
  * any {@link Transport}, receives them as an async iterator, and does request/reply.
  *
- * Every inbound frame goes through {@link EnvelopeOpener} (size → decode → schema → sender → signature →
+ * Every inbound frame goes through {@link SessionReceiver} (size → decode → schema → sender → signature or stream →
  * recipient → time → replay → decrypt) before the application sees anything; refused frames are reported to
  * `onError` with their code and never crash the agent. A connection that keeps sending refused frames is cut.
  * Queues are bounded: a slow consumer slows the sender down through transport backpressure instead of growing
  * memory.
+ *
+ * ## Modes: `signed` and `session`
+ * Per agent (`mode`) or per call (`send(..., { mode })`):
+ * - `signed` (the default): every envelope has its own HPKE encapsulation and Ed25519 signature. For
+ *   audit-critical traffic: each envelope is non-repudiable on its own.
+ * - `session`: one stream per recipient (`src/session.ts`). The stream is opened by a signed control envelope
+ *   (`sw.open`); every message then rides a continuation sealed with the stream's HPKE context (one AEAD pass),
+ *   and the sender signs a checkpoint over the hash chain of what it sent every `checkpointEvery` envelopes or
+ *   `checkpointIntervalMs` (a timer sends a checkpoint on an idle stream) and when the stream ends. The recipient
+ *   verifies each checkpoint and records it in the audit trail (`session_checkpoint`). For high-rate traffic.
+ *   A recipient always accepts both; refusals (tampering, replay, revocation, policy) are the same.
+ * - A continuation's header is authenticated by the AEAD, so for continuations the deliver-side header phase of
+ *   the policy runs right after the AEAD check (on authenticated metadata, as for signed envelopes); if it
+ *   denies, the plaintext is wiped unread.
+ * - Streams recover by themselves: a recipient that does not hold a stream (restarted, evicted, expired) refuses
+ *   with ERR_UNKNOWN_STREAM and tells the sender (through the hub's refusal, or a signed `sw.refused` notice on
+ *   direct transports), which re-opens; a direct connection that is re-dialled ends the stream first. In hub mode
+ *   `waitForDelivery` re-sends once on a fresh stream; otherwise the refused message is reported to the sender's
+ *   `onError` (and fails a pending request) — never silently dropped.
  *
  * @module
  * @example
@@ -24,7 +43,6 @@ import { SealwireError, sealwireError, type ErrorCode } from "./errors.js";
 import {
   DEFAULT_CLOCK_SKEW_MS,
   DEFAULT_TTL_MS,
-  EnvelopeOpener,
   ReplayCache,
   decodePayload,
   encodeData,
@@ -34,9 +52,9 @@ import {
   type EnvelopeHeader,
   type Tags,
   type TagsInit,
-  type VerifiedEnvelope,
 } from "./envelope.js";
 import { resolveIdentity, type IdentityProvider } from "./keystore.js";
+import { SessionReceiver, SessionSender, decodeSessionEnvelope, isSessionFrame, type SessionEvent, type VerifiedSessionEnvelope } from "./session.js";
 import type { ReplayGuard } from "./replay-guard.js";
 import { DEFAULT_OVERLAP_MS, rotateIdentity } from "./statements.js";
 import { POLICY_TIMEOUT_MS, defaultPolicy, evaluate, type Decision, type Policy, type PolicyContext, type PolicyHeader } from "./policy.js";
@@ -45,6 +63,29 @@ import type { Connection, Listener, Transport } from "./transport.js";
 import { isTransport } from "./transport.js";
 import type { TrustEntry, TrustStore } from "./trust.js";
 import { TrustStore as TrustStoreClass } from "./trust.js";
+
+/** How an envelope is protected: see the module docs. */
+export type SendMode = "signed" | "session";
+
+/** Session-mode tuning (see `src/session.ts` for the defaults and what each bounds). */
+export interface AgentSessionOptions {
+  /** Sender: a signed checkpoint after this many envelopes on a stream. @default 256 */
+  checkpointEvery?: number;
+  /** Sender: a signed checkpoint at least this often while envelopes are uncovered (a timer). @default 1000 */
+  checkpointIntervalMs?: number;
+  /** Sender: envelopes per stream before it is re-opened with a fresh encapsulation. @default 2^20 */
+  maxMessages?: number;
+  /** Sender: stream age before it is re-opened. @default 10 min */
+  maxAgeMs?: number;
+  /** Recipient: streams held at once (LRU). @default 1024 */
+  maxStreams?: number;
+  /** Recipient: streams held per sender. @default 16 */
+  maxStreamsPerSender?: number;
+  /** Recipient: replay window in sequence numbers (a power of two, 32 to 65536). @default 1024 */
+  replayWindow?: number;
+  /** Recipient: envelopes held uncovered by a verified checkpoint before the stream is refused. @default 2048 */
+  maxUncheckpointed?: number;
+}
 
 /** Options for {@link createAgent}. */
 export interface AgentOptions {
@@ -101,6 +142,14 @@ export interface AgentOptions {
   notifyDenials?: boolean;
   /** Clock, for tests. @default Date.now */
   now?: () => number;
+  /**
+   * How this agent's messages are sent unless a call says otherwise: `signed` (every envelope signed, for
+   * audit-critical traffic) or `session` (streams with signed checkpoints, for high-rate traffic). Received
+   * envelopes of either mode are always accepted. @default "signed"
+   */
+  mode?: SendMode;
+  /** Session-mode tuning. */
+  session?: AgentSessionOptions;
 }
 
 /** Anything with the `append` of an `AuditLog`. */
@@ -114,6 +163,8 @@ export interface SendOptions {
   /** Message type (`sw.*` is reserved). @default "msg" */
   type?: string;
   ttlMs?: number;
+  /** `signed` or `session` for this message. @default the agent's `mode` */
+  mode?: SendMode;
   signal?: AbortSignal;
   /**
    * Attest that `data` is the anonymized form of `input` (a message this agent received) under the named
@@ -149,11 +200,17 @@ export interface ReceivedMessage {
   readonly digest: string;
   /** The verified anonymization attestation the message carried, if any. */
   readonly attestation: VerifiedAttestation | undefined;
+  /** `signed`: the envelope carried its own signature; `session`: a stream continuation (non-repudiable through the stream's checkpoints). */
+  readonly mode: SendMode;
   /** Sends `data` back to the sender as the reply to this message. */
   reply(data: Data, options?: Omit<SendOptions, "type">): Promise<{ id: string }>;
 }
 
 const REFUSED_FRAMES_BEFORE_CUT = 32;
+/** Refusals that concern a stream, not the envelope: the sender should re-open (they get a `sw.refused` notice). */
+const STREAM_REFUSALS: ReadonlySet<string> = new Set(["ERR_UNKNOWN_STREAM", "ERR_CHECKPOINT", "ERR_KEY_RETIRED"]);
+const SEND_MODES: ReadonlySet<unknown> = new Set(["signed", "session"]);
+const ID_RE = /^[0-9a-f]{32}$/;
 /** Why the application did not get an envelope (sent back to the hub, which tells the sender). */
 interface Refusal {
   code: ErrorCode;
@@ -181,7 +238,12 @@ export class Agent {
   readonly #trust: TrustStore;
   readonly #transport: Transport;
   readonly #opts: AgentOptions;
-  readonly #opener: EnvelopeOpener;
+  readonly #receiver: SessionReceiver;
+  /** Session mode: one stream sender per recipient, created on first use. */
+  readonly #senders = new Map<string, SessionSender>();
+  #checkpointTimer: NodeJS.Timeout | undefined;
+  /** Session-event audit appends in flight (awaited by close). */
+  readonly #sessionAudits = new Set<Promise<void>>();
   readonly #inbox: ReceivedMessage[] = [];
   readonly #inboxSize: number;
   readonly #inboxWaiters: (() => void)[] = [];
@@ -222,14 +284,24 @@ export class Agent {
     }
     this.#policy = options.policy ?? defaultPolicy();
     this.#policyTimeoutMs = options.policyTimeoutMs ?? POLICY_TIMEOUT_MS;
-    this.#opener = new EnvelopeOpener({
+    if (options.mode !== undefined && !SEND_MODES.has(options.mode)) throw sealwireError("ERR_INVALID_ARGUMENT", 'mode must be "signed" or "session"');
+    const so = options.session ?? {};
+    if (so === null || typeof so !== "object") throw sealwireError("ERR_INVALID_ARGUMENT", "session must be an object of session-mode options");
+    this.#receiver = new SessionReceiver({
       identity: options.identity,
       trust: options.trust,
       replay: options.replay ?? new ReplayCache(),
       ...(options.maxEnvelopeBytes !== undefined ? { maxEnvelopeBytes: options.maxEnvelopeBytes } : {}),
       ...(options.clockSkewMs !== undefined ? { clockSkewMs: options.clockSkewMs } : {}),
       ...(options.now !== undefined ? { now: options.now } : {}),
+      ...(so.maxStreams !== undefined ? { maxStreams: so.maxStreams } : {}),
+      ...(so.maxStreamsPerSender !== undefined ? { maxStreamsPerSender: so.maxStreamsPerSender } : {}),
+      ...(so.replayWindow !== undefined ? { replayWindow: so.replayWindow } : {}),
+      ...(so.maxUncheckpointed !== undefined ? { maxUncheckpointed: so.maxUncheckpointed } : {}),
+      onEvent: (e) => this.#onSessionEvent(e),
     });
+    // Sender options are checked now, not at the first send.
+    new SessionSender(this.#senderOptions(this.id)).close();
     this.#unwatchIdentity = options.identity.onClose(() => void this.close());
     this.#cleanups.push(
       options.trust.onRevoke((entry) => this.#dropPeer(entry.id)),
@@ -297,6 +369,9 @@ export class Agent {
   ): Promise<{ id: string; header: EnvelopeHeader }> {
     const recipient = this.#trust.require(to);
     const me = this.#self();
+    const mode = options.mode ?? this.#opts.mode ?? "signed";
+    if (!SEND_MODES.has(mode)) throw sealwireError("ERR_INVALID_ARGUMENT", 'mode must be "signed" or "session"');
+    // In session mode the envelope id is derived from the stream when sealed: the policy sees a provisional one.
     const id = toHex(this.#identity.provider.randomBytes(16));
     const ttlMs = options.ttlMs ?? this.#opts.defaultTtlMs ?? DEFAULT_TTL_MS;
     const now = this.#opts.now?.() ?? Date.now();
@@ -333,6 +408,14 @@ export class Agent {
         tags = { ...tags, pii: [...(tags.pii ?? []), ...extra] };
       }
     }
+    if (mode === "session" && checkPolicy) {
+      const payload = attestation === undefined ? encodePayload(data) : encodePayload(data, attestation);
+      try {
+        return await this.#sendSession(to, payload, dataBytes, tags, ttlMs, options, replyTo);
+      } finally {
+        payload.fill(0);
+      }
+    }
     const sealed = sealEnvelope(this.#identity, recipient, attestation === undefined ? encodePayload(data) : encodePayload(data, attestation), {
       id,
       ttlMs,
@@ -358,24 +441,158 @@ export class Agent {
     return { id, header: sealed.header };
   }
 
-  async #deliverFrame(to: string, frame: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
-    // One retry: a cached connection may have died since the last send.
+  /**
+   * Session mode: seals on the recipient's stream (opening one if needed) and sends, preceding frames first.
+   * The connection is obtained before sealing, so a re-dialled connection ends the old stream first (see
+   * {@link #connection}); a frame that could not be written is re-sealed once on a fresh connection, and in hub
+   * mode a delivery refused with ERR_UNKNOWN_STREAM is re-sent once on a fresh stream.
+   */
+  async #sendSession(
+    to: string,
+    payload: Uint8Array,
+    dataBytes: Uint8Array,
+    tags: TagsInit,
+    ttlMs: number,
+    options: SendOptions,
+    replyTo: string | undefined,
+  ): Promise<{ id: string; header: EnvelopeHeader }> {
+    const hub = this.#opts.hub !== undefined;
     for (let attempt = 0; ; attempt++) {
-      let conn: Connection;
+      const conn = await this.#connect(to, options.signal);
+      this.#alive();
+      const tx = this.#sessionSender(to);
+      const sealed = tx.seal(payload, {
+        tags,
+        ttlMs,
+        now: this.#opts.now?.() ?? Date.now(),
+        ...(options.type !== undefined ? { type: options.type } : {}),
+        ...(replyTo !== undefined ? { replyTo } : {}),
+      });
+      const id = sealed.header.id;
+      await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
+      const confirmed = options.waitForDelivery && hub ? this.#awaitDelivery(id, ttlMs) : undefined;
+      confirmed?.catch(() => {});
       try {
-        conn = await this.#connection(to, signal);
+        for (const f of sealed.preceding) conn.send(f);
+        if (!conn.send(sealed.bytes)) await conn.drain(options.signal ? { signal: options.signal } : {});
       } catch (e) {
-        if (SealwireError.is(e, "ERR_ABORTED") || SealwireError.is(e, "ERR_CLOSED")) throw e;
-        throw sealwireError("ERR_NO_ROUTE", `cannot reach agent "${to}"; is it running and is its address right?`, { cause: e });
+        this.#deliveryWaiters.delete(id);
+        await this.#audit({ event: "denied", envelopeId: id, from: this.id, to, decision: "deny", reason: SealwireError.is(e) ? e.code : "ERR_NO_ROUTE" }).catch(() => {});
+        if (attempt === 0 && (SealwireError.is(e, "ERR_CONNECTION_CLOSED") || SealwireError.is(e, "ERR_CONNECTION_ABORTED"))) {
+          this.#connectionLost(to, conn);
+          continue;
+        }
+        throw e;
       }
       try {
-        if (!conn.send(frame)) await conn.drain(signal ? { signal } : {});
+        await confirmed;
+      } catch (e) {
+        // The hub's refusal already made the sender forget the stream (#onHubControl): re-send on a fresh one.
+        if (attempt === 0 && SealwireError.is(e, "ERR_UNKNOWN_STREAM")) continue;
+        throw e;
+      }
+      return { id, header: sealed.header };
+    }
+  }
+
+  /** The recipient's stream sender, created on first use (and the checkpoint timer with the first one). */
+  #sessionSender(to: string): SessionSender {
+    let tx = this.#senders.get(to);
+    if (tx !== undefined && !tx.closed) return tx;
+    tx = new SessionSender(this.#senderOptions(to));
+    this.#senders.set(to, tx);
+    if (this.#checkpointTimer === undefined) {
+      const every = this.#opts.session?.checkpointIntervalMs ?? 1000;
+      this.#checkpointTimer = setInterval(() => this.#tickStreams(), Math.max(10, Math.min(every, 60_000)));
+      this.#checkpointTimer.unref?.();
+    }
+    return tx;
+  }
+
+  #senderOptions(to: string): ConstructorParameters<typeof SessionSender>[0] {
+    const so = this.#opts.session ?? {};
+    return {
+      identity: this.#identity,
+      trust: this.#trust,
+      to,
+      openWithControl: true,
+      ...(so.checkpointEvery !== undefined ? { checkpointEvery: so.checkpointEvery } : {}),
+      ...(so.checkpointIntervalMs !== undefined ? { checkpointIntervalMs: so.checkpointIntervalMs } : {}),
+      ...(so.maxMessages !== undefined ? { maxMessages: so.maxMessages } : {}),
+      ...(so.maxAgeMs !== undefined ? { maxAgeMs: so.maxAgeMs } : {}),
+      ...(this.#opts.now !== undefined ? { now: this.#opts.now } : {}),
+    };
+  }
+
+  /** Timer: a checkpoint on each stream with uncovered envelopes, and the end of streams past their age. */
+  #tickStreams(): void {
+    for (const [to, tx] of this.#senders) {
+      if (tx.closed) {
+        this.#senders.delete(to);
+        continue;
+      }
+      if (tx.streamId === undefined) continue;
+      this.#deliverFrame(to, () => tx.tick(), undefined).catch((e) => this.#report(e));
+    }
+  }
+
+  /**
+   * Ends every stream (sending the final checkpoints on connections that are up or being dialled, waiting at most
+   * a second for those) and forgets the senders.
+   */
+  #endStreams(): Promise<void> {
+    const sends: Promise<void>[] = [];
+    for (const [to, tx] of this.#senders) {
+      this.#senders.delete(to);
+      let fin: Uint8Array | undefined;
+      try {
+        fin = tx.close();
+      } catch (e) {
+        this.#report(e);
+      }
+      if (fin === undefined) continue;
+      const conn = this.#opts.hub !== undefined ? Promise.resolve(this.#hubReady) : this.#outbound.get(to);
+      if (conn === undefined) continue;
+      sends.push(
+        conn.then(
+          (c) => void c?.send(fin),
+          () => {},
+        ),
+      );
+    }
+    if (sends.length === 0) return Promise.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([Promise.allSettled(sends), new Promise<void>((r) => (timer = setTimeout(r, 1000)))]).then(() => clearTimeout(timer));
+  }
+
+  async #connect(to: string, signal: AbortSignal | undefined): Promise<Connection> {
+    try {
+      return await this.#connection(to, signal);
+    } catch (e) {
+      if (SealwireError.is(e, "ERR_ABORTED") || SealwireError.is(e, "ERR_CLOSED")) throw e;
+      throw sealwireError("ERR_NO_ROUTE", `cannot reach agent "${to}"; is it running and is its address right?`, { cause: e });
+    }
+  }
+
+  #connectionLost(to: string, conn: Connection): void {
+    if (this.#opts.hub === undefined) this.#outbound.delete(to);
+    if (this.#hubReady === conn) this.#hubLost(conn);
+  }
+
+  /** Writes `frame` (or what `frame()` seals once the connection is up; nothing if it returns undefined). */
+  async #deliverFrame(to: string, frame: Uint8Array | (() => Uint8Array | undefined), signal: AbortSignal | undefined): Promise<void> {
+    // One retry: a cached connection may have died since the last send.
+    for (let attempt = 0; ; attempt++) {
+      const conn = await this.#connect(to, signal);
+      const bytes = typeof frame === "function" ? frame() : frame;
+      if (bytes === undefined) return;
+      try {
+        if (!conn.send(bytes)) await conn.drain(signal ? { signal } : {});
         return;
       } catch (e) {
         if (SealwireError.is(e, "ERR_CONNECTION_CLOSED") || SealwireError.is(e, "ERR_CONNECTION_ABORTED")) {
-          this.#outbound.delete(to);
-          if (this.#hubReady === conn) this.#hubLost(conn);
-          if (attempt === 0) continue;
+          this.#connectionLost(to, conn);
+          if (attempt === 0 && typeof frame !== "function") continue;
         }
         throw e;
       }
@@ -394,6 +611,17 @@ export class Agent {
       if (this.#closed) {
         conn.abort(sealwireError("ERR_CLOSED", "agent closed"));
         throw sealwireError("ERR_CLOSED", `agent "${this.id}" was closed`);
+      }
+      // A re-dialled peer may have restarted and lost our stream: end it (its final checkpoint goes first on the
+      // new connection) so the next session-mode message re-opens instead of being refused.
+      const tx = this.#senders.get(to);
+      if (tx !== undefined && !tx.closed && tx.streamId !== undefined) {
+        try {
+          const fin = tx.endStream();
+          if (fin) conn.send(fin);
+        } catch (e) {
+          this.#report(e);
+        }
       }
       // Replies arrive on our own listener; anything the peer sends back on this connection is read the same way.
       void this.#readLoop(conn);
@@ -451,6 +679,7 @@ export class Agent {
     const self = this;
     const signal = options.signal;
     let done = false;
+    let waiting: (() => void) | undefined;
     const next = async (): Promise<IteratorResult<ReceivedMessage>> => {
       for (;;) {
         if (done) return { done: true, value: undefined };
@@ -464,8 +693,10 @@ export class Agent {
         await new Promise<void>((resolve) => {
           const wake = () => {
             signal?.removeEventListener("abort", wake);
+            if (waiting === wake) waiting = undefined;
             resolve();
           };
+          waiting = wake;
           self.#inboxWaiters.push(wake);
           signal?.addEventListener("abort", wake, { once: true });
         });
@@ -475,6 +706,14 @@ export class Agent {
       next,
       return: async () => {
         done = true;
+        // A wake-up meant for this iterator must not be lost to the others: leave the queue, and pass on
+        // any message that arrived for it.
+        if (waiting !== undefined) {
+          const i = self.#inboxWaiters.indexOf(waiting);
+          if (i >= 0) self.#inboxWaiters.splice(i, 1);
+          waiting();
+        }
+        if (self.#inbox.length > 0) self.#inboxWaiters.shift()?.();
         return { done: true, value: undefined };
       },
       [Symbol.asyncIterator]() {
@@ -534,8 +773,10 @@ export class Agent {
     // Announce while still signing with the old key: peers only trust the new kid once they applied the statement.
     await this.announce(statement);
     if (this.#trust.get(this.id)) this.#trust.applyStatement(statement, { overlapMs, now });
-    this.#opener.rotateTo(next, now + overlapMs);
+    this.#receiver.rotateTo(next, now + overlapMs);
     this.#identity = next;
+    // Streams signed by the old key end now (their final checkpoints still verify); new ones open with the new key.
+    void this.#endStreams();
     this.#selfEntry = undefined;
     this.#unwatchIdentity();
     this.#unwatchIdentity = next.onClose(() => void this.close());
@@ -744,6 +985,7 @@ export class Agent {
       this.#deliveryWaiters.delete(c.id);
       w?.resolve();
     } else if (c?.kind === "sw-refused") {
+      if (STREAM_REFUSALS.has(c.code)) this.#streamRefused(undefined, c.id, c.code, c.reason);
       const err = sealwireError(c.code, `the hub refused ${c.id}${c.reason ? `: ${c.reason}` : ""}`, { envelopeId: c.id, ...(c.reason ? { reason: c.reason } : {}) });
       const w = this.#deliveryWaiters.get(c.id);
       this.#deliveryWaiters.delete(c.id);
@@ -792,17 +1034,22 @@ export class Agent {
    * and, unless the application got it, the refusal (code and reason) — what the hub tells the sender.
    */
   async #handleFrame(frame: Uint8Array, ack?: (id: string, refusal?: Refusal) => void): Promise<boolean> {
-    let env: VerifiedEnvelope;
+    let env: VerifiedSessionEnvelope;
     try {
-      env = this.#opener.verify(frame);
+      env = this.#receiver.verify(frame);
     } catch (e) {
       this.#report(e);
       if (ack && SealwireError.is(e) && e.envelopeId) ack(e.envelopeId, { code: e.code, reason: "" });
+      if (SealwireError.is(e) && STREAM_REFUSALS.has(e.code)) {
+        if (!ack) this.#notifyStreamRefusal(frame, e);
+        // A stream this agent no longer holds (it restarted, or evicted it): the sender's fault only in timing.
+        return e.code === "ERR_UNKNOWN_STREAM";
+      }
       return false;
     }
     const out: { refusal?: Refusal } = {};
     try {
-      return await this.#handleVerified(frame, env, out);
+      return await this.#handleVerified(frame, env, out, !ack);
     } catch (e) {
       // An audit sink that cannot record makes the delivery fail (the application never saw the message).
       const err = SealwireError.is(e) ? e : sealwireError("ERR_INTERNAL", "delivery failed", { cause: e });
@@ -814,21 +1061,49 @@ export class Agent {
     }
   }
 
-  async #handleVerified(frame: Uint8Array, env: VerifiedEnvelope, out: { refusal?: Refusal }): Promise<boolean> {
+  async #handleVerified(frame: Uint8Array, env: VerifiedSessionEnvelope, out: { refusal?: Refusal }, notify: boolean): Promise<boolean> {
     const h = env.header;
     const me = this.#self();
     const system = h.type.startsWith("sw.");
     const now = this.#opts.now?.() ?? Date.now();
     const ctxBase = { stage: "deliver" as const, header: h, sender: env.sender, size: env.size, now };
-    if (!system) {
-      // Header phase: before decryption (Policy sees only authenticated metadata).
+    if (!system && env.mode === "signed") {
+      // Header phase: before decryption (Policy sees only authenticated metadata: the signature covers it).
       const d = await evaluate(this.#policy, { ...ctxBase, phase: "header", recipient: me }, this.#policyTimeoutMs);
       if (!d.allow) return this.#denied(h, d, out);
+    }
+    let opened;
+    try {
+      opened = this.#receiver.decrypt(env);
+    } catch (e) {
+      this.#report(e);
+      out.refusal = { code: SealwireError.is(e) ? e.code : "ERR_DECRYPT", reason: "" };
+      if (notify && SealwireError.is(e) && STREAM_REFUSALS.has(e.code)) this.#notifyStreamRefusal(frame, e);
+      return false;
+    }
+    const pt = opened.plaintext;
+    // Stream control (open, checkpoint, close): verified and recorded by the receiver, nothing to deliver.
+    if (opened.control) {
+      pt.fill(0);
+      return true;
+    }
+    if (!system && env.mode === "session") {
+      // Header phase for a continuation: its header is authenticated by the AEAD just checked. Denied: wiped unread.
+      let d: Decision;
+      try {
+        d = await evaluate(this.#policy, { ...ctxBase, phase: "header", recipient: me }, this.#policyTimeoutMs);
+      } catch (e) {
+        pt.fill(0);
+        throw e;
+      }
+      if (!d.allow) {
+        pt.fill(0);
+        return this.#denied(h, d, out);
+      }
     }
     let msg: ReceivedMessage;
     let payloadBytes: Uint8Array | undefined;
     try {
-      const pt = this.#opener.decrypt(env);
       let decoded;
       try {
         decoded = decodePayload(pt);
@@ -846,7 +1121,7 @@ export class Agent {
         payloadBytes = decoded.attestation.output;
       }
       const digest = toHex(this.#identity.provider.hash("sha256", frame));
-      msg = this.#message(h, decoded.data, digest, attestation);
+      msg = this.#message(h, decoded.data, digest, attestation, env.mode);
     } catch (e) {
       this.#report(e);
       out.refusal = { code: SealwireError.is(e) ? e.code : "ERR_DECRYPT", reason: "" };
@@ -905,6 +1180,63 @@ export class Agent {
     return true;
   }
 
+  /**
+   * Direct transports: tell the sender of a continuation refused for its stream (ERR_UNKNOWN_STREAM,
+   * ERR_CHECKPOINT, ERR_KEY_RETIRED) so it re-opens; the hub does this with its refusal notice. The continuation
+   * is not authenticated, so its `from` may be forged: the notice is rate-limited like denials, and a sender acts
+   * on it only for an id on its current stream ({@link SessionSender.holds}). Nothing for stream control frames.
+   */
+  #notifyStreamRefusal(frame: Uint8Array, e: SealwireError): void {
+    if (this.#opts.notifyDenials === false || e.envelopeId === undefined || !isSessionFrame(frame)) return;
+    let from: string;
+    try {
+      const h = decodeSessionEnvelope(frame, this.#opts.maxEnvelopeBytes).header;
+      if (h.type.startsWith("sw.")) return;
+      from = h.from;
+    } catch {
+      return;
+    }
+    if (from === this.id || !this.#nackAllowed(from)) return;
+    this.#sendRaw(from, { id: e.envelopeId, code: e.code }, { type: "sw.refused", ttlMs: 60_000, mode: "signed" }, e.envelopeId, false).catch(() => {});
+  }
+
+  /** Session receiver events become audit records (metadata and the sender's checkpoint signatures). */
+  #onSessionEvent(e: SessionEvent): void {
+    if (this.#opts.audit === undefined) return;
+    let event: AuditEvent;
+    switch (e.kind) {
+      case "opened":
+        event = { event: "session_opened", from: e.from, to: e.to, stream: e.streamId, kid: e.senderKid, recipientKid: e.recipientKid };
+        break;
+      case "checkpoint":
+        event = {
+          event: "session_checkpoint",
+          from: e.from,
+          to: e.to,
+          stream: e.streamId,
+          kid: e.senderKid,
+          recipientKid: e.recipientKid,
+          firstSeq: e.firstSeq,
+          lastSeq: e.lastSeq,
+          prevHead: e.prevHead,
+          head: e.head,
+          signature: e.signature,
+          final: e.final,
+        };
+        break;
+      case "gap":
+        event = { event: "session_gap", from: e.from, to: this.id, stream: e.streamId, firstSeq: e.firstSeq, lastSeq: e.lastSeq };
+        break;
+      case "closed":
+        event = { event: "session_closed", from: e.from, to: this.id, stream: e.streamId, reason: e.reason, count: e.uncovered };
+        break;
+    }
+    const p = this.#audit(event)
+      .catch((err: unknown) => this.#report(SealwireError.is(err) ? err : sealwireError("ERR_AUDIT_IO", "a session audit record could not be written", { cause: err })))
+      .finally(() => this.#sessionAudits.delete(p));
+    this.#sessionAudits.add(p);
+  }
+
   #nackAllowed(peer: string): boolean {
     const now = Date.now();
     const w = this.#nacks.get(peer);
@@ -945,8 +1277,39 @@ export class Agent {
       this.#report(err);
       return true;
     }
+    if (msg.type === "sw.refused") {
+      const d = msg.data as { id?: unknown; code?: unknown } | null;
+      if (
+        d === null || typeof d !== "object" || Array.isArray(d) || Object.keys(d).length !== 2 ||
+        typeof d.id !== "string" || !ID_RE.test(d.id) || typeof d.code !== "string" || !STREAM_REFUSALS.has(d.code)
+      ) {
+        this.#report(sealwireError("ERR_PAYLOAD", `malformed stream refusal notice ${msg.id} from "${msg.from}"`, { envelopeId: msg.id }));
+        return false;
+      }
+      this.#streamRefused(msg.from, d.id, d.code as ErrorCode, "");
+      return true;
+    }
     this.#report(sealwireError("ERR_PAYLOAD", `unknown system message type from "${msg.from}"`, { envelopeId: msg.id }));
     return false;
+  }
+
+  /**
+   * A recipient refused `id` for its stream: if `id` is on the current stream to it, forget that stream (the next
+   * message re-opens) and fail a request waiting for a reply to `id`. `peer` undefined: the hub said so (any stream).
+   */
+  #streamRefused(peer: string | undefined, id: string, code: ErrorCode, reason: string): void {
+    for (const [to, tx] of this.#senders) {
+      if ((peer === undefined || to === peer) && !tx.closed && tx.holds(id)) tx.reset();
+    }
+    if (peer === undefined) return; // the hub path reports and fails requests itself
+    const err = sealwireError(code, `"${peer}" refused ${id} (${code}); the stream is re-opened for the next message`, { envelopeId: id, ...(reason ? { reason } : {}) });
+    const pending = this.#pending.get(id);
+    if (pending && pending.to === peer) {
+      this.#pending.delete(id);
+      clearTimeout(pending.timer);
+      pending.reject(err);
+    }
+    this.#report(err);
   }
 
   /**
@@ -976,7 +1339,7 @@ export class Agent {
     await sink.append(event);
   }
 
-  #message(h: EnvelopeHeader, data: Data, digest: string, attestation: VerifiedAttestation | undefined): ReceivedMessage {
+  #message(h: EnvelopeHeader, data: Data, digest: string, attestation: VerifiedAttestation | undefined, mode: SendMode): ReceivedMessage {
     const agent = this;
     return Object.freeze({
       id: h.id,
@@ -989,6 +1352,7 @@ export class Agent {
       data,
       digest,
       attestation,
+      mode,
       async reply(replyData: Data, options: Omit<SendOptions, "type"> = {}) {
         const { id } = await agent.#send(h.from, replyData, { ...options, type: "rep" }, h.id);
         return { id };
@@ -1006,6 +1370,10 @@ export class Agent {
   }
 
   #dropPeer(peer: string): void {
+    const tx = this.#senders.get(peer);
+    this.#senders.delete(peer);
+    tx?.reset();
+    tx?.close();
     const c = this.#outbound.get(peer);
     this.#outbound.delete(peer);
     c?.then((conn) => conn.abort(sealwireError("ERR_REVOKED_PEER", `peer "${peer}" was revoked`))).catch(() => {});
@@ -1023,6 +1391,9 @@ export class Agent {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#reconnectTimer);
+    clearInterval(this.#checkpointTimer);
+    // Final checkpoints go out before the connections close (a graceful close flushes them).
+    const ending = this.#endStreams();
     for (const w of [...this.#hubWaiters]) w(sealwireError("ERR_CLOSED", `agent "${this.id}" was closed`));
     for (const [t, old] of this.#retiring) {
       clearTimeout(t);
@@ -1040,6 +1411,7 @@ export class Agent {
     this.#pending.clear();
     for (const w of this.#inboxWaiters.splice(0)) w();
     for (const w of this.#spaceWaiters.splice(0)) w();
+    await ending;
     const closing: Promise<unknown>[] = [];
     if (hubConn) closing.push(hubConn.then((c) => c.close()).catch(() => {}));
     if (this.#listener) closing.push(this.#listener.close());
@@ -1047,6 +1419,9 @@ export class Agent {
     for (const c of this.#inbound) closing.push(c.close().catch(() => {}));
     this.#outbound.clear();
     await Promise.allSettled(closing);
+    // Every stream key is wiped; the receiver reports streams that end uncovered (audited below).
+    this.#receiver.close();
+    await Promise.allSettled([...this.#sessionAudits]);
     this.#inbox.length = 0;
   }
 

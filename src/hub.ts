@@ -9,6 +9,11 @@
  * (unknown or revoked recipient, policy, queue full, expired in the queue, …). If the hub dies, agents learn
  * it from their connection, and agents that asked for delivery confirmation get `ERR_DELIVERY_UNCONFIRMED`.
  *
+ * Session-mode continuations (`src/session.ts`) carry no signature: the hub accepts one only from the
+ * authenticated connection of its `from` agent (still trusted, not revoked) and routes, replay-checks, runs the
+ * relay policy on its header and acknowledges it like any envelope. It cannot forge or alter one: the
+ * recipient's AEAD check would refuse it.
+ *
  * @module
  * @example
  * ```ts
@@ -20,6 +25,7 @@ import { authMessage, encodeControl, isControlFrame, parseControl, type Control 
 import type { AuditSink } from "./agent.js";
 import { SealwireError, sealwireError, type ErrorCode } from "./errors.js";
 import { decodeEnvelope, MAX_ENVELOPE_BYTES, ReplayCache, verifyEnvelopeSignature, type DecodedEnvelope } from "./envelope.js";
+import { decodeSessionEnvelope, isSessionFrame, type DecodedSessionEnvelope } from "./session.js";
 import { Identity } from "./identity.js";
 import { defaultPolicy, evaluate, POLICY_TIMEOUT_MS, type Policy } from "./policy.js";
 import type { Connection, Listener, Transport } from "./transport.js";
@@ -270,9 +276,11 @@ export class Hub {
       }
       return true;
     }
-    let env: DecodedEnvelope;
+    let env: DecodedEnvelope | DecodedSessionEnvelope;
+    const session = isSessionFrame(frame);
     try {
-      env = decodeEnvelope(frame, this.#o.maxEnvelopeBytes ?? MAX_ENVELOPE_BYTES);
+      const max = this.#o.maxEnvelopeBytes ?? MAX_ENVELOPE_BYTES;
+      env = session ? decodeSessionEnvelope(frame, max) : decodeEnvelope(frame, max);
     } catch (e) {
       this.#report(e);
       return false;
@@ -283,7 +291,9 @@ export class Hub {
     }
     let sender;
     try {
-      sender = verifyEnvelopeSignature(env, this.#o.trust);
+      // A session continuation carries no signature (the recipient's AEAD authenticates it end to end): the hub
+      // relies on the authenticated connection, which must be the sender's (checked above), still trusted here.
+      sender = session ? this.#o.trust.require(h.from) : verifyEnvelopeSignature(env as DecodedEnvelope, this.#o.trust);
     } catch (e) {
       return this.#refuse(agent, h.id, SealwireError.is(e) ? e.code : "ERR_BAD_SIGNATURE", "");
     }

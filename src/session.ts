@@ -970,6 +970,8 @@ class SendStream {
   /** d_first … d_{next-1}, 32 bytes each. */
   digs = new Uint8Array(32 * 64);
   lastCheckpointAt: number;
+  /** The last envelope sealed was a checkpoint-only control envelope (nothing new to cover on an idle stream). */
+  idle = false;
   /** Encoded `v, sid, from, to`, the constant start of every header of this stream. */
   readonly prefix: Uint8Array;
   constructor(
@@ -1259,6 +1261,7 @@ export class SessionSender {
     }
     s.addDigest(seq, d);
     s.next = seq + 1;
+    s.idle = type === CHECKPOINT_TYPE;
     return { bytes: frame, wire };
   }
 
@@ -1272,10 +1275,14 @@ export class SessionSender {
     }
   }
 
-  /** True when a checkpoint is due by time and some envelope is uncovered (call {@link tick} from a timer). */
+  /**
+   * True when a checkpoint is due by time and some envelope is uncovered (call {@link tick} from a timer). The
+   * checkpoint envelope itself is covered only by the next checkpoint: on an idle stream that is left to the final
+   * one, so an idle stream is not checkpointed again and again.
+   */
   checkpointDue(now = this.#clock()): boolean {
     const s = this.#stream;
-    return s !== undefined && s.next > s.first && now - s.lastCheckpointAt >= this.#intervalMs;
+    return s !== undefined && s.next > s.first && !s.idle && now - s.lastCheckpointAt >= this.#intervalMs;
   }
 
   /**

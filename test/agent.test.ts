@@ -69,6 +69,21 @@ describe("agent API over memory()", () => {
     expect(await codeOf(a.send("bob", "x"))).toBe("ERR_CLOSED");
   });
 
+  it("an iterator abandoned while waiting does not swallow the next message (its wake-up is passed on)", async () => {
+    const { net, trust, identities } = await crew();
+    const a = await createAgent({ identity: identities["alice"]!, trust, transport: net });
+    const b = await createAgent({ identity: identities["bob"]!, trust, transport: net });
+    const stale = b.messages();
+    const pending = stale.next();
+    await stale.return!();
+    expect(await pending).toEqual({ done: true, value: undefined });
+    await a.send("bob", "for the next reader");
+    const r = await Promise.race([b.messages().next(), new Promise<"none">((res) => setTimeout(() => res("none"), 1000))]);
+    expect(r === "none" ? r : r.value?.data).toBe("for the next reader");
+    await a.close();
+    await b.close();
+  });
+
   it("close() fails pending requests with ERR_CLOSED and ends message iterators", async () => {
     const { net, trust, identities } = await crew();
     const a = await createAgent({ identity: identities["alice"]!, trust, transport: net });

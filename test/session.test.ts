@@ -684,6 +684,11 @@ describe("streams: reordering, loss, the replay window, expiry and re-opening", 
     expect(m.control).toBe(true);
     expect(m.plaintext.length).toBe(0);
     expect(checkpoints(c.events).map((e) => [e.firstSeq, e.lastSeq])).toEqual([[0, 2]]);
+    // Idle: the checkpoint envelope alone is not checkpointed again (the final one covers it).
+    c.clock.t += 5000;
+    expect(c.tx.checkpointDue()).toBe(false);
+    expect(c.tx.tick()).toBeUndefined();
+    c.clock.t -= 5000;
     c.clock.t += 999;
     c.rx.open(c.tx.seal(encodePayload("x")).bytes);
     c.clock.t += 1;
