@@ -5,7 +5,11 @@
  * - `send` (sender, before sealing): the draft header and the plaintext (`data`);
  * - `relay` (a hub or broker on the path): the authenticated header only — it cannot decrypt;
  * - `deliver` (recipient): first `phase: "header"` after every envelope check and BEFORE decryption, then
- *   `phase: "content"` after decryption with the plaintext, before the application sees anything.
+ *   `phase: "content"` after decryption with the plaintext, before the application sees anything. For a
+ *   session-mode continuation the AEAD is what authenticates the header, so its header phase runs right after
+ *   the AEAD check (still on metadata only; a denied plaintext is wiped unread).
+ * - At `send` in session mode, `header.id` is provisional: the envelope id is derived from the stream id and
+ *   sequence number when the message is sealed, after the policy allowed it.
  *
  * A policy returns `allow()` or `deny(reason)`; a policy that throws or exceeds its time budget denies
  * (`policy_error`, `policy_timeout`). Reasons are short snake_case codes — never data. No policy configured means
