@@ -24,7 +24,9 @@
  * **Limits** (see {@link WebSocketInit}): frame size (`ws` `maxPayload`; an oversize inbound frame aborts the
  * connection with `ERR_FRAME_TOO_LARGE`), opening-handshake time on both ends (a socket that never completes the
  * HTTP upgrade is dropped), close-handshake time, ping/pong liveness, per-remote-address and per-listener
- * connection counts, a backlog of upgraded-but-not-accepted connections, and send/receive queues: `send` returns
+ * connection counts (which evict the oldest unfinished socket rather than refuse a newcomer, so a flood of stalled
+ * sockets cannot keep new peers out; every refusal and eviction can be counted through `onRefusal`), a backlog of
+ * upgraded-but-not-accepted connections, and send/receive queues: `send` returns
  * `false` above `highWaterMarkBytes` of unflushed data (`bufferedAmount`) and throws `ERR_QUEUE_FULL` at
  * `maxQueuedBytes`; a receiver that does not read stops reading its socket at `highWaterMarkBytes`, so TCP pushes
  * back on the sender. Only binary frames are carried: a text frame aborts the connection with `ERR_PROTOCOL`.
@@ -76,6 +78,7 @@ import {
 import WebSocket, { WebSocketServer } from "ws";
 import { defaultProvider } from "../src/_crypto.js";
 import { SealwireError, sealwireError } from "../src/errors.js";
+import { reportRefusal, type Refusal } from "../src/refusal-counter.js";
 import {
   transportSymbol,
   type AbortOptions,
@@ -106,6 +109,8 @@ const DEFAULT_PONG_TIMEOUT_MS = 10_000;
 const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64;
 /** Default sockets per listener, handshaking or upgraded. */
 const DEFAULT_MAX_CONNECTIONS = 1024;
+/** How much later than `handshakeTimeoutMs` Node's own TLS handshake timeout fires (a backstop only). */
+const TLS_TIMEOUT_BACKSTOP_MS = 1_000;
 /** Default upgraded connections waiting for the listener's iterator to take them. */
 const DEFAULT_BACKLOG = 128;
 /**
@@ -139,6 +144,7 @@ const INIT_KEYS: ReadonlySet<string> = new Set([
   "maxConnections",
   "backlog",
   "allowedOrigins",
+  "onRefusal",
 ]);
 const TLS_KEYS: ReadonlySet<string> = new Set([
   "ca",
@@ -263,12 +269,16 @@ export interface WebSocketInit {
   /**
    * Listener: upgraded connections per remote IP address; further upgrades are refused with HTTP 429 (the dialler
    * sees `ERR_CONNECTION_REFUSED`). Sockets still in their opening handshake are limited to the same number per
-   * address (further ones are dropped at accept).
+   * address: a new socket from an address at that limit evicts the address's own oldest handshaking socket (so a
+   * stalled flood from one address cannot lock out a legitimate client behind the same address).
    * @default 64
    */
   maxConnectionsPerAddress?: number | undefined;
   /**
-   * Listener: sockets in total (handshaking or upgraded); further TCP connections are dropped at accept.
+   * Listener: sockets in total (handshaking or upgraded). At the limit a new TCP connection evicts the oldest
+   * socket that has not finished its opening handshake (TLS + HTTP upgrade), or else the oldest upgraded
+   * connection the application has not accepted yet; it is dropped at accept only when every socket is an
+   * accepted connection. So a flood of stalled sockets, from any number of addresses, cannot keep new peers out.
    * @default 1024
    */
   maxConnections?: number | undefined;
@@ -285,6 +295,27 @@ export interface WebSocketInit {
    * @default []
    */
   allowedOrigins?: readonly string[] | undefined;
+  /**
+   * Listener: told of every refusal, eviction and abuse-driven close, for aggregated auditing (pass a
+   * `RefusalCounter`'s `onRefusal`). `source` is the remote IP address. Reasons:
+   * - `ws_evicted`: at `maxConnections`, a socket that had not finished its opening handshake (or an upgraded
+   *   connection not yet accepted) was dropped to make room for a new one (source: the evicted socket);
+   * - `ws_max_connections`: at `maxConnections` with every socket an accepted connection, a new one was dropped;
+   * - `ws_per_address_evicted`: at `maxConnectionsPerAddress` handshaking sockets, the address's oldest was dropped;
+   * - `ws_per_address`: an upgrade refused with HTTP 429 (`maxConnectionsPerAddress` upgraded connections);
+   * - `ws_backlog`: an upgrade refused with HTTP 503 (`backlog` unaccepted connections);
+   * - `ws_handshake_timeout`: a socket that had not completed TLS + the upgrade within `handshakeTimeoutMs`
+   *   (a stalled client, or slowloris trickling its request) was dropped;
+   * - `ws_tls_failed`: the TLS handshake failed (no or a bad client certificate, not TLS at all);
+   * - `ws_bad_request`: a malformed HTTP request or upgrade, a wrong path, a refused origin, or plain HTTP;
+   * - `ws_oversize`: a frame above `maxFrameBytes` aborted a connection;
+   * - `ws_malformed`: a protocol violation (text frame, unmasked frame, bad opcode, ...) aborted a connection;
+   * - `ws_liveness_timeout`: a connection that answered no ping within `pongTimeoutMs` (a dead peer, or one
+   *   trickling a frame slowly) was aborted.
+   *
+   * Called synchronously; a throw or a rejected promise is ignored. Never given key bytes or frame contents.
+   */
+  onRefusal?: ((r: Refusal) => unknown) | undefined;
 }
 
 /** Validated, complete configuration shared by a transport's listeners and connections. */
@@ -300,6 +331,7 @@ interface Config {
   readonly maxConnections: number;
   readonly backlog: number;
   readonly allowedOrigins: ReadonlySet<string>;
+  readonly onRefusal: ((r: Refusal) => unknown) | undefined;
   readonly insecure: boolean;
   readonly logger: WebSocketLogger | undefined;
   readonly tls: TlsConfig;
@@ -462,6 +494,7 @@ function resolveConfig(init: unknown): Config {
     }
     allowedOrigins = new Set(o.allowedOrigins);
   }
+  if (o.onRefusal !== undefined && typeof o.onRefusal !== "function") throw invalid("webSocket(): onRefusal must be a function");
   return {
     maxFrameBytes,
     highWaterMarkBytes,
@@ -480,6 +513,7 @@ function resolveConfig(init: unknown): Config {
     maxConnections: intOption(o.maxConnections, "maxConnections", 1, MAX_COUNT, DEFAULT_MAX_CONNECTIONS),
     backlog: intOption(o.backlog, "backlog", 1, MAX_COUNT, DEFAULT_BACKLOG),
     allowedOrigins,
+    onRefusal: o.onRefusal,
     insecure: o.insecure === true,
     logger: o.logger,
     tls: resolveTls(o.tls),
@@ -620,6 +654,8 @@ interface ConnectionInit {
   readonly isServer: boolean;
   /** Called once when the socket has closed (releases the listener's per-address count). */
   readonly onSocketClosed?: (() => void) | undefined;
+  /** Server side: reports an abuse-driven abort (oversize, malformed, liveness) to the listener's `onRefusal`. */
+  readonly onRefusal?: ((reason: string) => void) | undefined;
 }
 
 /** One WebSocket, as a sealwire Connection. */
@@ -632,6 +668,7 @@ class WebSocketConnection implements Connection {
   readonly #ws: WebSocket;
   readonly #cfg: Config;
   readonly #isServer: boolean;
+  readonly #onRefusal: ((reason: string) => void) | undefined;
   #state: State = OPEN;
   /** Set once this end was aborted (locally or by the peer): drain rejects with it, send cites it as cause. */
   #error: Error | undefined;
@@ -669,6 +706,7 @@ class WebSocketConnection implements Connection {
     this.#ws = ws;
     this.#cfg = cfg;
     this.#isServer = init.isServer;
+    this.#onRefusal = init.onRefusal;
     this.remoteAddr = init.remoteAddr;
     this.maxFrameBytes = cfg.maxFrameBytes;
     this.closed = new Promise<Error | undefined>((resolve) => {
@@ -820,6 +858,7 @@ class WebSocketConnection implements Connection {
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
     this.#sawInbound = true;
     if (!isBinary) {
+      if (this.#state === OPEN || this.#state === CLOSING) this.#onRefusal?.("ws_malformed");
       this.abort(
         sealwireError("ERR_PROTOCOL", "the peer sent a text frame; sealwire WebSockets carry binary frames only"),
       );
@@ -840,7 +879,10 @@ class WebSocketConnection implements Connection {
 
   #onError(err: Error): void {
     if (this.#state === ABORTED || this.#state === CLOSED) return;
-    this.abort(connectionError(err, this.#cfg));
+    const error = connectionError(err, this.#cfg);
+    if (error.code === "ERR_FRAME_TOO_LARGE") this.#onRefusal?.("ws_oversize");
+    else if (error.code === "ERR_PROTOCOL") this.#onRefusal?.("ws_malformed");
+    this.abort(error);
   }
 
   #onClose(code: number): void {
@@ -1026,6 +1068,7 @@ class WebSocketConnection implements Connection {
     if (this.#awaitingPong) {
       this.#awaitingPong = false;
       if (!this.#sawInbound) {
+        this.#onRefusal?.("ws_liveness_timeout");
         this.abort(
           sealwireError(
             "ERR_TIMEOUT",
@@ -1051,10 +1094,18 @@ function toBuffers(data: WebSocket.RawData): Buffer[] {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Listener.
+//
+// Admission (issue 9): a flood of sockets that never finish their opening handshake must not keep new peers out,
+// so the caps evict instead of refusing. At `maxConnections` a new socket evicts the oldest socket still in its
+// opening handshake (TLS + HTTP upgrade) or, when there is none, the oldest upgraded connection the application
+// has not accepted yet; at `maxConnectionsPerAddress` handshaking sockets, a new one from that address evicts
+// that address's own oldest. A stalled socket then holds its slot only until `maxConnections` newer sockets have
+// arrived (at 1,000 sockets/s and the default 1024: about a second), while an honest client needs a few round
+// trips. Accepted connections are never evicted: only when every slot is one is a newcomer dropped.
 
-/** Per remote IP address: sockets still in their opening handshake, and upgraded connections. */
+/** Per remote IP address: sockets still in their opening handshake (oldest first), and upgraded connections. */
 interface AddressCount {
-  handshaking: number;
+  readonly handshaking: Set<RawSocket>;
   open: number;
 }
 
@@ -1062,15 +1113,30 @@ interface AddressCount {
 interface RawSocket {
   readonly socket: Socket;
   readonly ip: string;
-  readonly timer: ReturnType<typeof setTimeout>;
-  upgraded: boolean;
+  /** `remoteAddress|remotePort`: its key in the listener's table (the same on a TLS socket and its TCP socket). */
+  readonly key: string;
+  readonly count: AddressCount;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  /** No longer counted as handshaking: upgraded, evicted, timed out or closed. */
+  done: boolean;
+}
+
+/** An upgraded connection the listener's iterator has not taken yet. */
+interface PendingConnection {
+  readonly conn: WebSocketConnection;
+  readonly ip: string;
+  /** Stops counting its socket (idempotent): on eviction, or when the socket has closed. */
+  readonly release: () => void;
 }
 
 const STATUS_TEXT: Readonly<Record<number, string>> = {
+  400: "Bad Request",
   403: "Forbidden",
   404: "Not Found",
+  408: "Request Timeout",
   426: "Upgrade Required",
   429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
   503: "Service Unavailable",
 };
 
@@ -1081,17 +1147,24 @@ function refuseUpgrade(socket: Socket, status: number): void {
   socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
 }
 
+function firstOf<T>(items: Iterable<T>): T | undefined {
+  for (const x of items) return x;
+  return undefined;
+}
+
 class WebSocketListener implements Listener {
   readonly addr: string;
   readonly #cfg: Config;
   readonly #server: HttpServer;
   readonly #wss: WebSocketServer;
   readonly #path: string;
-  readonly #pending: WebSocketConnection[] = [];
+  readonly #pending: PendingConnection[] = [];
   readonly #acceptors: Waiter<IteratorResult<Connection>>[] = [];
   readonly #perAddress = new Map<string, AddressCount>();
-  /** Sockets in their opening handshake, by `remoteAddress|remotePort` (the same on a TLS socket and its TCP socket). */
+  /** Sockets in their opening handshake, oldest first (Map keeps insertion order), by {@link RawSocket.key}. */
   readonly #raw = new Map<string, RawSocket>();
+  /** Upgraded connections (accepted or not) whose socket has not closed yet. */
+  #upgraded = 0;
   #closed = false;
   #iterated = false;
 
@@ -1110,11 +1183,25 @@ class WebSocketListener implements Listener {
       // Not in @types/ws yet; ws 8.19+ reads it.
       ...({ closeTimeout: cfg.closeTimeoutMs } as object),
     });
+    // An upgrade request `ws` finds invalid (version, key, extensions): answered here, so it is counted.
+    this.#wss.on("wsClientError", (_err: Error, socket: Socket) => {
+      this.#refused("ws_bad_request", normalizeIp(socket.remoteAddress));
+      refuseUpgrade(socket, 400);
+    });
     server.on("connection", (socket: Socket) => this.#onSocket(socket));
     server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => this.#onUpgrade(req, socket, head));
     // Plain HTTP requests get a short answer and the socket is closed; this endpoint only speaks WebSocket.
-    server.on("request", (_req, res) => {
+    server.on("request", (req: IncomingMessage, res) => {
+      this.#refused("ws_bad_request", normalizeIp(req.socket.remoteAddress));
       res.writeHead(426, { Connection: "close", "Content-Length": "0" }).end();
+    });
+    server.on("clientError", (err: Error, socket: Socket) => this.#onClientError(err, socket));
+    // https only: a failed TLS handshake. ECONNRESET means the socket closed first (the client hung up, or this
+    // listener dropped it: an eviction or a timeout, already reported).
+    server.on("tlsClientError", (err: Error, socket: Socket) => {
+      const code = safeCode(err);
+      if (code === "ECONNRESET") return;
+      this.#refused(code === "ERR_TLS_HANDSHAKE_TIMEOUT" ? "ws_handshake_timeout" : "ws_tls_failed", normalizeIp(socket.remoteAddress));
     });
     // An error on the listening socket after bind (rare: EMFILE) must not crash the process.
     server.on("error", () => {});
@@ -1125,11 +1212,11 @@ class WebSocketListener implements Listener {
     this.#closed = true;
     // Stops accepting at once (the listening socket is closed synchronously); upgraded connections stay open.
     this.#server.close();
-    for (const raw of this.#raw.values()) raw.socket.destroy();
+    for (const raw of [...this.#raw.values()]) raw.socket.destroy();
     // Like a closed TCP listening socket resets its accept queue: connections nobody accepted are aborted, so
     // their diallers learn at once instead of waiting on a connection no one will ever read.
-    for (const conn of this.#pending.splice(0)) {
-      conn.abort(sealwireError("ERR_CONNECTION_ABORTED", "the listener closed before accepting this connection"));
+    for (const p of this.#pending.splice(0)) {
+      p.conn.abort(sealwireError("ERR_CONNECTION_ABORTED", "the listener closed before accepting this connection"));
     }
     for (const a of this.#acceptors.splice(0)) a.resolve(DONE);
     return Promise.resolve();
@@ -1140,8 +1227,8 @@ class WebSocketListener implements Listener {
     this.#iterated = true;
     const iterator: AsyncIterator<Connection> & AsyncIterable<Connection> = {
       next: () => {
-        const conn = this.#pending.shift();
-        if (conn !== undefined) return Promise.resolve({ done: false, value: conn });
+        const pending = this.#pending.shift();
+        if (pending !== undefined) return Promise.resolve({ done: false, value: pending.conn });
         if (this.#closed) return Promise.resolve(DONE);
         return new Promise((resolve, reject) => this.#acceptors.push({ resolve, reject }));
       },
@@ -1163,79 +1250,157 @@ class WebSocketListener implements Listener {
     return "WebSocketListener";
   }
 
+  /** Sockets counted against `maxConnections`: handshaking, plus upgraded ones not yet closed. */
+  get socketCount(): number {
+    return this.#raw.size + this.#upgraded;
+  }
+
+  #refused(reason: string, ip: string | undefined): void {
+    reportRefusal(this.#cfg.onRefusal, reason, ip);
+  }
+
   #count(ip: string): AddressCount {
     let c = this.#perAddress.get(ip);
     if (c === undefined) {
-      c = { handshaking: 0, open: 0 };
+      c = { handshaking: new Set(), open: 0 };
       this.#perAddress.set(ip, c);
     }
     return c;
   }
 
   #release(ip: string, c: AddressCount): void {
-    if (c.handshaking === 0 && c.open === 0) this.#perAddress.delete(ip);
+    if (c.handshaking.size === 0 && c.open === 0 && this.#perAddress.get(ip) === c) this.#perAddress.delete(ip);
   }
 
-  /** A new TCP socket (before TLS): bound the handshakes per address and give each one a deadline. */
+  /** A new TCP socket (before TLS): make room if a cap is reached, and give it a deadline. */
   #onSocket(socket: Socket): void {
     const ip = normalizeIp(socket.remoteAddress);
     if (ip === undefined || this.#closed) {
       socket.destroy();
       return;
     }
+    const key = `${socket.remoteAddress}|${socket.remotePort}`;
+    const stale = this.#raw.get(key);
+    if (stale !== undefined) this.#forgetRaw(stale); // its close event has not run yet; never count a key twice
     const count = this.#count(ip);
-    if (count.handshaking >= this.#cfg.maxConnectionsPerAddress) {
-      // A flood of sockets that never upgrade: drop at accept, without spending a TLS handshake on it.
+    const oldestOfAddress = count.handshaking.size >= this.#cfg.maxConnectionsPerAddress ? firstOf(count.handshaking) : undefined;
+    if (oldestOfAddress !== undefined) {
+      // This address already has its share of handshaking sockets: its own oldest makes room, nobody else's.
+      this.#dropRaw(oldestOfAddress, "ws_per_address_evicted");
+    }
+    if (this.socketCount >= this.#cfg.maxConnections && !this.#evictOldest()) {
+      // Every slot holds an accepted connection: only now is a newcomer turned away (before any TLS work).
+      this.#refused("ws_max_connections", ip);
       socket.destroy();
       this.#release(ip, count);
       return;
     }
-    count.handshaking++;
-    const key = `${socket.remoteAddress}|${socket.remotePort}`;
-    const raw: RawSocket = {
-      socket,
-      ip,
-      upgraded: false,
-      // A socket that never completes TLS + the HTTP upgrade in time is dropped (slowloris, a stuck client).
-      timer: setTimeout(() => socket.destroy(), this.#cfg.handshakeTimeoutMs),
-    };
+    const raw: RawSocket = { socket, ip, key, count, timer: undefined, done: false };
+    // A socket that does not complete TLS + the HTTP upgrade in time is dropped (slowloris, a stuck client). The
+    // deadline is absolute: trickling bytes does not extend it.
+    raw.timer = setTimeout(() => {
+      raw.timer = undefined;
+      if (!raw.done) this.#dropRaw(raw, "ws_handshake_timeout");
+    }, this.#cfg.handshakeTimeoutMs);
+    count.handshaking.add(raw);
     this.#raw.set(key, raw);
-    socket.once("close", () => {
+    socket.once("close", () => this.#forgetRaw(raw));
+  }
+
+  /** Stops counting a handshaking socket (idempotent): it upgraded, closed, or is being dropped. */
+  #forgetRaw(raw: RawSocket): void {
+    if (raw.timer !== undefined) {
       clearTimeout(raw.timer);
-      if (this.#raw.get(key) === raw) this.#raw.delete(key);
-      if (!raw.upgraded) {
-        count.handshaking--;
-        this.#release(ip, count);
-      }
-    });
+      raw.timer = undefined;
+    }
+    if (raw.done) return;
+    raw.done = true;
+    if (this.#raw.get(raw.key) === raw) this.#raw.delete(raw.key);
+    raw.count.handshaking.delete(raw);
+    this.#release(raw.ip, raw.count);
+  }
+
+  /** Drops a handshaking socket now, for `reason`; it stops counting at once (not when its close event runs). */
+  #dropRaw(raw: RawSocket, reason: string): void {
+    this.#forgetRaw(raw);
+    this.#refused(reason, raw.ip);
+    raw.socket.destroy();
+  }
+
+  /**
+   * Makes room at `maxConnections`: drops the oldest socket still in its opening handshake, else the oldest
+   * upgraded connection nobody accepted yet. False when every socket is an accepted connection.
+   */
+  #evictOldest(): boolean {
+    const raw = firstOf(this.#raw.values());
+    if (raw !== undefined) {
+      this.#dropRaw(raw, "ws_evicted");
+      return true;
+    }
+    const pending = this.#pending.shift();
+    if (pending === undefined) return false;
+    pending.release();
+    this.#refused("ws_evicted", pending.ip);
+    pending.conn.abort(
+      sealwireError("ERR_CONNECTION_ABORTED", "evicted: the listener was at maxConnections and nobody had accepted this connection yet"),
+    );
+    return true;
+  }
+
+  /** Node's HTTP parser refused a request: malformed, headers over the limit, or its own request timeout. */
+  #onClientError(err: Error, socket: Socket): void {
+    const code = safeCode(err);
+    if (code === "ECONNRESET" || code === "EPIPE" || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const timeout = code === "ERR_HTTP_REQUEST_TIMEOUT";
+    this.#refused(timeout ? "ws_handshake_timeout" : "ws_bad_request", normalizeIp(socket.remoteAddress));
+    // What Node answers without a listener; the request's bytes are never echoed.
+    refuseUpgrade(socket, code === "HPE_HEADER_OVERFLOW" ? 431 : timeout ? 408 : 400);
   }
 
   #onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
-    const key = `${socket.remoteAddress}|${socket.remotePort}`;
-    const raw = this.#raw.get(key);
-    const ip = raw?.ip ?? normalizeIp(socket.remoteAddress);
-    if (raw === undefined || ip === undefined || this.#closed) return refuseUpgrade(socket, 503);
+    const raw = this.#raw.get(`${socket.remoteAddress}|${socket.remotePort}`);
+    if (raw === undefined || raw.done || this.#closed) return refuseUpgrade(socket, 503);
+    const ip = raw.ip;
     // Exact path match: `ws` clients send the path they were given, and a listener answers only its own.
-    if (req.url !== this.#path) return refuseUpgrade(socket, 404);
+    if (req.url !== this.#path) {
+      this.#refused("ws_bad_request", ip);
+      return refuseUpgrade(socket, 404);
+    }
     const origin = req.headers.origin;
-    if (origin !== undefined && !this.#cfg.allowedOrigins.has(origin)) return refuseUpgrade(socket, 403);
-    const count = this.#count(ip);
-    if (count.open >= this.#cfg.maxConnectionsPerAddress) return refuseUpgrade(socket, 429);
-    if (this.#pending.length >= this.#cfg.backlog) return refuseUpgrade(socket, 503);
-    // `ws` validates the upgrade request (version, key, no extensions) and answers 400 to a bad one.
+    if (origin !== undefined && !this.#cfg.allowedOrigins.has(origin)) {
+      this.#refused("ws_bad_request", ip);
+      return refuseUpgrade(socket, 403);
+    }
+    const count = raw.count;
+    if (count.open >= this.#cfg.maxConnectionsPerAddress) {
+      this.#refused("ws_per_address", ip);
+      return refuseUpgrade(socket, 429);
+    }
+    if (this.#pending.length >= this.#cfg.backlog) {
+      this.#refused("ws_backlog", ip);
+      return refuseUpgrade(socket, 503);
+    }
+    // `ws` validates the upgrade request (version, key, no extensions); a bad one goes to 'wsClientError'.
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
-      clearTimeout(raw.timer);
-      this.#raw.delete(key);
-      raw.upgraded = true;
-      count.handshaking--;
-      count.open++;
+      count.open++; // before forgetRaw, which would otherwise drop the address's (momentarily empty) entry
+      this.#upgraded++;
+      this.#forgetRaw(raw);
+      let counted = true;
+      const release = (): void => {
+        if (!counted) return;
+        counted = false;
+        count.open--;
+        this.#upgraded--;
+        this.#release(ip, count);
+      };
       const conn = new WebSocketConnection(ws, this.#cfg, {
         remoteAddr: formatHostPort(ip, socket.remotePort),
         isServer: true,
-        onSocketClosed: () => {
-          count.open--;
-          this.#release(ip, count);
-        },
+        onSocketClosed: release,
+        onRefusal: (reason) => this.#refused(reason, ip),
       });
       if (this.#closed) {
         conn.abort(sealwireError("ERR_CONNECTION_ABORTED", "the listener closed before accepting this connection"));
@@ -1243,7 +1408,7 @@ class WebSocketListener implements Listener {
       }
       const acceptor = this.#acceptors.shift();
       if (acceptor !== undefined) acceptor.resolve({ done: false, value: conn });
-      else this.#pending.push(conn);
+      else this.#pending.push({ conn, ip, release });
     });
   }
 }
@@ -1385,9 +1550,13 @@ class WebSocketTransport implements Transport {
     if (signal?.aborted) throw abortError(signal, "listen()");
     const httpOptions = { maxHeaderSize: MAX_HEADER_BYTES, requestTimeout: cfg.handshakeTimeoutMs, headersTimeout: cfg.handshakeTimeoutMs };
     const server: HttpServer = target.secure
-      ? createHttpsServer({ ...cfg.tls.server, ...httpOptions, handshakeTimeout: cfg.handshakeTimeoutMs })
+      ? // The listener's own (absolute) deadline drops a slow TLS handshake first and reports it; Node's
+        // (inactivity) timeout is only a backstop.
+        createHttpsServer({ ...cfg.tls.server, ...httpOptions, handshakeTimeout: cfg.handshakeTimeoutMs + TLS_TIMEOUT_BACKSTOP_MS })
       : createHttpServer(httpOptions);
-    server.maxConnections = cfg.maxConnections;
+    // The listener enforces maxConnections itself, evicting unfinished sockets to admit new ones (see Listener);
+    // Node's own limit, which drops newcomers before the listener sees them, is only a backstop far above it.
+    server.maxConnections = cfg.maxConnections * 2;
     await new Promise<void>((resolve, reject) => {
       const onError = (err: unknown): void => reject(listenError(err, formatAddr(target)));
       server.once("error", onError);
