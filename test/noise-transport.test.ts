@@ -22,6 +22,7 @@ import { createAgent } from "../src/agent.js";
 import { AuditLog, memorySink } from "../src/audit.js";
 import { SealwireError } from "../src/errors.js";
 import { generateIdentity, type Identity } from "../src/identity.js";
+import type { Refusal } from "../src/refusal-counter.js";
 import { createRevocation, rotateIdentity } from "../src/statements.js";
 import { transportSymbol, type Connection, type Listener, type Transport } from "../src/transport.js";
 import { TrustStore } from "../src/trust.js";
@@ -1059,30 +1060,40 @@ describe("noise(): rekey", () => {
 });
 
 describe("noise(): bounded handshakes", () => {
-  it("200 stalled raw connections: 64 handshakes in flight, the rest aborted at once, no cryptography; all gone after the timeout", async () => {
+  it("200 stalled raw connections: 64 handshakes in flight, the 136 oldest evicted at once, no cryptography; a legitimate dialer still gets in", async () => {
     const net = memory({ backlog: 1024 });
-    const env = await aliceAndBob({ inner: net, bob: { handshakeTimeoutMs: 400 } });
+    const refusals: Refusal[] = [];
+    const env = await aliceAndBob({ inner: net, bob: { handshakeTimeoutMs: 400, onRefusal: (r) => void refusals.push(r) } });
+    const inFlight = (): number => (env.listener as unknown as { handshakesInFlight: number }).handshakesInFlight;
     const init = vi.spyOn(HandshakeState, "initialize");
     const raws = await Promise.all(Array.from({ length: 200 }, () => net.dial("mem://bob")));
     const settled = new Set<Connection>();
     for (const r of raws) void r.closed.then(() => settled.add(r));
-    await eventually(() => settled.size === 136, "136 excess connections to be aborted");
-    expect(settled.size).toBe(136);
-    expect((env.listener as unknown as { handshakesInFlight: number }).handshakesInFlight).toBe(64);
+    await eventually(() => settled.size === 136, "136 connections to be evicted");
+    expect(raws.slice(0, 136).every((r) => settled.has(r)), "the oldest ones are evicted").toBe(true);
+    expect(inFlight()).toBe(64);
     expect(init).not.toHaveBeenCalled(); // stalled wires cost no DH, no hashing, no state
-    // A legitimate dialer is turned away at once while the listener is saturated (not after the timeout).
+    // memory addresses carry no IP address: only the global limit applies, and no source is reported.
+    expect(refusals).toEqual(Array.from({ length: 136 }, () => ({ reason: "noise_handshake_evicted" })));
+    // A legitimate dialer gets in at once while the listener is saturated: it evicts the oldest stalled handshake.
     const t0 = performance.now();
-    await rejectsCode(env.ta.dial("mem://bob", { remotePeer: "bob" }), "ERR_NOISE_HANDSHAKE");
+    const { client, server } = await connected(env);
     expect(performance.now() - t0).toBeLessThan(300);
-    // After the handshake timeout every stalled wire is gone, each audited as a timeout.
+    expect(server.remotePeer).toBe("alice");
+    expect(refusals.length).toBe(137);
+    expect(settled.has(raws[136]!)).toBe(true);
+    // After the handshake timeout every stalled wire is gone. Timeouts are audited one by one; evictions are not
+    // (they are counted through onRefusal, for aggregated records).
     await eventually(() => settled.size === 200, "every stalled connection to be aborted", 3000);
     for (const r of raws) expectCode(await r.closed, "ERR_CONNECTION_ABORTED");
-    await eventually(() => env.bob.audit.of("handshake_failed").length === 64, "64 timeout records");
+    await eventually(() => env.bob.audit.of("handshake_failed").length === 63, "63 timeout records");
     expect(new Set(env.bob.audit.of("handshake_failed").map((e) => e.reason))).toEqual(new Set(["ERR_TIMEOUT"]));
-    expect((env.listener as unknown as { handshakesInFlight: number }).handshakesInFlight).toBe(0);
-    const { client, server } = await connected(env);
-    expect(server.remotePeer).toBe("alice");
-    client.abort();
+    await eventually(() => refusals.filter((r) => r.reason === "noise_handshake_timeout").length === 63, "63 timeouts reported");
+    expect(inFlight()).toBe(0);
+    // The established channel was never a candidate for eviction.
+    expect(client.isOpen && server.isOpen).toBe(true);
+    client.send(utf8("still here"));
+    expect(await within(server[Symbol.asyncIterator]().next(), "a frame")).toMatchObject({ done: false });
   });
 
   it("garbage first (and second) messages are refused quickly, without a connection, and the listener keeps serving", async () => {

@@ -53,8 +53,14 @@
  * error code otherwise). Records carry ids, key ids and codes only.
  *
  * **Bounds.** A handshake must finish within `handshakeTimeoutMs`; a listener runs at most `maxHandshakes` at
- * once (further inbound wires are aborted at once, before any cryptography) and holds at most `backlog`
- * established connections nobody accepted yet. A connection buffers no inbound data of its own (it reads from the
+ * once, and at most `maxHandshakesPerSource` from one remote address (the IP address in the inner connection's
+ * `remoteAddr`, when it has one). At either limit a new inbound wire evicts the oldest unfinished handshake (of
+ * that address, for the per-source limit), which is aborted before any further cryptography: a flood of stalled
+ * handshakes, from one address or many, keeps no new peer out, because a stalled handshake holds its slot only
+ * until `maxHandshakes` newer ones arrived, while an honest one needs one or two round trips. Established
+ * channels are never evicted. A listener holds at most `backlog` established connections nobody accepted yet.
+ * Each eviction, timeout and failure can be counted through `onRefusal` (aggregated auditing, see
+ * `src/refusal-counter.ts`). A connection buffers no inbound data of its own (it reads from the
  * inner connection when the application reads) beyond one frame being reassembled, and its outbound spill-over
  * queue (used only when the inner connection refuses a chunk) is bounded; send throws `ERR_QUEUE_FULL` past it.
  * Backpressure passes through: `send` returns the inner connection's verdict and `drain` waits for it.
@@ -75,6 +81,7 @@
  */
 import { concatBytes, equalBytes, utf8 } from "../../src/_bytes.js";
 import { SealwireError, sealwireError } from "../../src/errors.js";
+import { reportRefusal, type Refusal } from "../../src/refusal-counter.js";
 import { Identity, assertAgentId } from "../../src/identity.js";
 import {
   transportSymbol,
@@ -101,6 +108,8 @@ export const DEFAULT_MAX_FRAME_BYTES = 1 * MiB;
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 5_000;
 /** Default number of handshakes one listener runs at once. */
 export const DEFAULT_MAX_HANDSHAKES = 64;
+/** Default number of handshakes one listener runs at once for one remote address. */
+export const DEFAULT_MAX_HANDSHAKES_PER_SOURCE = 8;
 /** Default number of established, not yet accepted connections one listener holds. */
 export const DEFAULT_BACKLOG = 128;
 /** Default rekey interval in messages per direction: 2^16. */
@@ -201,8 +210,20 @@ export interface NoiseInit {
   maxFrameBytes?: number | undefined;
   /** Time limit for one handshake, key confirmation included, in ms. Then `ERR_TIMEOUT`. @default 5000 */
   handshakeTimeoutMs?: number | undefined;
-  /** Handshakes one listener runs at once; inbound wires beyond it are aborted at once. @default 64 */
+  /**
+   * Handshakes one listener runs at once. At the limit a new inbound wire evicts the oldest unfinished handshake
+   * (aborted with `ERR_CONNECTION_ABORTED`); established channels are never evicted.
+   * @default 64
+   */
   maxHandshakes?: number | undefined;
+  /**
+   * Handshakes one listener runs at once for one remote address (the IP address of the inner connection's
+   * `remoteAddr`, such as WebSocket's `203.0.113.4:51234`; inner transports without one, like memory, have only
+   * the global limit). At the limit a new wire from that address evicts that address's own oldest handshake, so
+   * one address cannot take every slot.
+   * @default 8
+   */
+  maxHandshakesPerSource?: number | undefined;
   /** Established connections a listener holds until the application accepts them; more are aborted. @default 128 */
   backlog?: number | undefined;
   /** Rekey each direction after this many messages since the last rekey. Both peers must agree. @default 65536 */
@@ -219,6 +240,19 @@ export interface NoiseInit {
   maxSessionAgeMs?: number | undefined;
   /** Records every handshake and refusal (an `AuditLog`). */
   audit?: NoiseAuditSink | undefined;
+  /**
+   * Listener: told of every handshake it evicted, refused or that failed, for aggregated auditing (pass a
+   * `RefusalCounter`'s `onRefusal`). `source` is the remote IP address when the inner transport has one.
+   * Reasons:
+   * - `noise_handshake_evicted`: evicted at `maxHandshakes` to make room for a new one;
+   * - `noise_per_source`: evicted at `maxHandshakesPerSource` (the address's own oldest);
+   * - `noise_handshake_timeout`: not finished within `handshakeTimeoutMs`;
+   * - `noise_handshake_failed`: malformed, out of turn, untrusted or unexpected peer, or the peer hung up;
+   * - `noise_backlog`: established, but `backlog` connections were waiting to be accepted.
+   *
+   * Called synchronously; a throw or a rejected promise is ignored. Never given key bytes or frames.
+   */
+  onRefusal?: ((r: Refusal) => unknown) | undefined;
 }
 
 interface Config {
@@ -229,11 +263,13 @@ interface Config {
   readonly maxFrameBytes: number;
   readonly handshakeTimeoutMs: number;
   readonly maxHandshakes: number;
+  readonly maxHandshakesPerSource: number;
   readonly backlog: number;
   readonly rekeyAfterMessages: number;
   readonly rekeyAfterBytes: number;
   readonly maxSessionAgeMs: number;
   readonly audit: NoiseAuditSink | undefined;
+  readonly onRefusal: ((r: Refusal) => unknown) | undefined;
   readonly prologue: Readonly<Record<PatternName, Uint8Array>>;
 }
 
@@ -245,11 +281,13 @@ const INIT_KEYS: ReadonlySet<string> = new Set([
   "maxFrameBytes",
   "handshakeTimeoutMs",
   "maxHandshakes",
+  "maxHandshakesPerSource",
   "backlog",
   "rekeyAfterMessages",
   "rekeyAfterBytes",
   "maxSessionAgeMs",
   "audit",
+  "onRefusal",
 ]);
 
 function invalid(message: string): SealwireError<"ERR_INVALID_ARGUMENT"> {
@@ -292,6 +330,7 @@ function resolveConfig(init: unknown): Config {
   if (audit !== undefined && (typeof audit !== "object" || audit === null || typeof audit.append !== "function")) {
     throw invalid("noise(): audit must have an append(event) method (e.g. an AuditLog)");
   }
+  if (o.onRefusal !== undefined && typeof o.onRefusal !== "function") throw invalid("noise(): onRefusal must be a function");
   return {
     inner,
     identity: o.identity,
@@ -300,11 +339,19 @@ function resolveConfig(init: unknown): Config {
     maxFrameBytes: intOption(o.maxFrameBytes, "maxFrameBytes", 1, MAX_FRAME_BYTES_LIMIT, DEFAULT_MAX_FRAME_BYTES),
     handshakeTimeoutMs: intOption(o.handshakeTimeoutMs, "handshakeTimeoutMs", 1, MAX_HANDSHAKE_TIMEOUT_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS),
     maxHandshakes: intOption(o.maxHandshakes, "maxHandshakes", 1, MAX_COUNT_LIMIT, DEFAULT_MAX_HANDSHAKES),
+    maxHandshakesPerSource: intOption(
+      o.maxHandshakesPerSource,
+      "maxHandshakesPerSource",
+      1,
+      MAX_COUNT_LIMIT,
+      DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    ),
     backlog: intOption(o.backlog, "backlog", 1, MAX_COUNT_LIMIT, DEFAULT_BACKLOG),
     rekeyAfterMessages: intOption(o.rekeyAfterMessages, "rekeyAfterMessages", 1, MAX_REKEY_MESSAGES, DEFAULT_REKEY_AFTER_MESSAGES),
     rekeyAfterBytes: intOption(o.rekeyAfterBytes, "rekeyAfterBytes", 1, MAX_REKEY_BYTES, DEFAULT_REKEY_AFTER_BYTES),
     maxSessionAgeMs: intOption(o.maxSessionAgeMs, "maxSessionAgeMs", MIN_SESSION_AGE_MS, MAX_SESSION_AGE_MS, DEFAULT_MAX_SESSION_AGE_MS),
     audit,
+    onRefusal: o.onRefusal,
     prologue: { XX: noisePrologue(inner.kind, "XX"), IK: noisePrologue(inner.kind, "IK") },
   };
 }
@@ -517,8 +564,8 @@ interface InitiatorRole {
 
 interface ResponderRole {
   readonly initiator: false;
-  /** Handshakes of one listener, so closing it ends them. */
-  readonly group: Set<Resource>;
+  /** The handshake's place at its listener, which can end it (eviction, listener close). */
+  readonly slot: HandshakeSlot;
   /** Whether the listener has room for one more established connection. */
   readonly admit: () => boolean;
 }
@@ -546,7 +593,7 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
     },
   };
   env.track(res);
-  if (!role.initiator) role.group.add(res);
+  if (!role.initiator) role.slot.kill = res.kill;
   const timer = setTimeout(
     () =>
       res.kill(sealwireError("ERR_TIMEOUT", `the Noise handshake did not finish within ${cfg.handshakeTimeoutMs} ms`)),
@@ -689,7 +736,6 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
     clearTimeout(timer);
     signal?.removeEventListener("abort", onAbort);
     env.untrack(res);
-    if (!role.initiator) role.group.delete(res);
   }
 }
 
@@ -1377,15 +1423,46 @@ interface AcceptWaiter {
   reject(err: unknown): void;
 }
 
+/** One inbound handshake's place at its listener, from the wire's arrival until `secure()` settles. */
+interface HandshakeSlot {
+  /** The remote address it is counted under, when the inner connection has one. */
+  readonly source: string | undefined;
+  /** Ends the handshake; set by `secure()` as soon as it starts. */
+  kill: ((err: SealwireError) => void) | undefined;
+  /** Evicted by the listener (already reported; its outcome is not reported again). */
+  evicted: boolean;
+}
+
+/**
+ * The remote address (without port) of an inner connection, from its `remoteAddr`: `203.0.113.4:51234` →
+ * `203.0.113.4`, `[2001:db8::1]:443` → `2001:db8::1`. Other forms (`mem://bob#3`, a NATS inbox) have no address,
+ * and only the listener's global limit applies to them.
+ */
+export function handshakeSourceOf(remoteAddr: unknown): string | undefined {
+  if (typeof remoteAddr !== "string" || remoteAddr.length > 64) return undefined;
+  const v4 = /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/.exec(remoteAddr);
+  if (v4 !== null) return v4[1];
+  const v6 = /^\[([0-9A-Fa-f:.]{2,45})(?:%[^\]]*)?\]:\d{1,5}$/.exec(remoteAddr);
+  if (v6 !== null) return v6[1]!.toLowerCase();
+  return undefined;
+}
+
+function firstOf<T>(items: Iterable<T>): T | undefined {
+  for (const x of items) return x;
+  return undefined;
+}
+
 class NoiseListener implements Listener {
   readonly addr: string;
   readonly #env: Env;
   readonly #inner: Listener;
   readonly #ready: NoiseConnection[] = [];
   readonly #acceptors: AcceptWaiter[] = [];
-  readonly #handshakes = new Set<Resource>();
+  /** Handshakes in flight, oldest first (a Set keeps insertion order). */
+  readonly #handshakes = new Set<HandshakeSlot>();
+  /** The same, by remote address (only slots that have one). */
+  readonly #bySource = new Map<string, Set<HandshakeSlot>>();
   readonly #resource: Resource;
-  #inFlight = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
   #iterated = false;
@@ -1401,7 +1478,7 @@ class NoiseListener implements Listener {
 
   /** Handshakes running at this listener now (at most `maxHandshakes`). */
   get handshakesInFlight(): number {
-    return this.#inFlight;
+    return this.#handshakes.size;
   }
 
   async #acceptLoop(): Promise<void> {
@@ -1413,30 +1490,78 @@ class NoiseListener implements Listener {
           raw.abort(sealwireError("ERR_CONNECTION_ABORTED", "the listener is closed"));
           continue;
         }
-        if (this.#inFlight >= cfg.maxHandshakes) {
-          // Before any cryptography: a flood of stalled wires costs an abort each, nothing more.
-          raw.abort(sealwireError("ERR_CONNECTION_REFUSED", "too many Noise handshakes in progress at this listener"));
-          continue;
-        }
-        this.#inFlight++;
-        secure(this.#env, raw, {
-          initiator: false,
-          group: this.#handshakes,
-          admit: () => !this.#closed && this.#ready.length < cfg.backlog,
-        }).then(
-          (conn) => {
-            this.#inFlight--;
-            this.#deliver(conn);
-          },
-          () => {
-            this.#inFlight--; // refused and (if configured) audited; the listener carries on
-          },
-        );
+        this.#admit(raw, cfg);
       }
     } catch (e) {
       failure = e;
     }
     if (!this.#closed) await this.#shut(failure).catch(() => {});
+  }
+
+  /**
+   * Starts the handshake of one inbound wire, first making room: at `maxHandshakesPerSource` the source's own
+   * oldest handshake is evicted, at `maxHandshakes` the oldest of all. Eviction happens before any cryptography
+   * for the newcomer, and costs the evicted one an abort.
+   */
+  #admit(raw: Connection, cfg: Config): void {
+    const source = handshakeSourceOf(raw.remoteAddr);
+    if (source !== undefined) {
+      const mine = this.#bySource.get(source);
+      if (mine !== undefined && mine.size >= cfg.maxHandshakesPerSource) this.#evict(firstOf(mine)!, "noise_per_source");
+    }
+    if (this.#handshakes.size >= cfg.maxHandshakes) this.#evict(firstOf(this.#handshakes)!, "noise_handshake_evicted");
+    const slot: HandshakeSlot = { source, kill: undefined, evicted: false };
+    this.#handshakes.add(slot);
+    if (source !== undefined) {
+      let mine = this.#bySource.get(source);
+      if (mine === undefined) this.#bySource.set(source, (mine = new Set()));
+      mine.add(slot);
+    }
+    secure(this.#env, raw, {
+      initiator: false,
+      slot,
+      admit: () => !this.#closed && this.#ready.length < cfg.backlog,
+    }).then(
+      (conn) => {
+        this.#release(slot);
+        if (slot.evicted) return; // evicted between the handshake's end and now: `conn` is already aborted
+        this.#deliver(conn);
+      },
+      (e: unknown) => {
+        this.#release(slot);
+        // Refused and (if configured) audited; the listener carries on.
+        if (slot.evicted || this.#closed) return;
+        const code = SealwireError.is(e) ? e.code : undefined;
+        if (code === "ERR_CLOSED" || code === "ERR_ABORTED") return; // ended by its owner, not by the peer
+        const reason =
+          code === "ERR_TIMEOUT" ? "noise_handshake_timeout" : code === "ERR_CONNECTION_REFUSED" ? "noise_backlog" : "noise_handshake_failed";
+        reportRefusal(cfg.onRefusal, reason, source);
+      },
+    );
+  }
+
+  /** Stops counting a handshake (idempotent). */
+  #release(slot: HandshakeSlot): void {
+    if (!this.#handshakes.delete(slot) || slot.source === undefined) return;
+    const mine = this.#bySource.get(slot.source);
+    if (mine === undefined) return;
+    mine.delete(slot);
+    if (mine.size === 0) this.#bySource.delete(slot.source);
+  }
+
+  /** Ends an unfinished handshake to make room for a new one; its slot is free at once. */
+  #evict(slot: HandshakeSlot, reason: "noise_handshake_evicted" | "noise_per_source"): void {
+    this.#release(slot);
+    slot.evicted = true;
+    reportRefusal(this.#env.cfg.onRefusal, reason, slot.source);
+    slot.kill?.(
+      sealwireError(
+        "ERR_CONNECTION_ABORTED",
+        reason === "noise_per_source"
+          ? "evicted: too many Noise handshakes in progress from this address (maxHandshakesPerSource)"
+          : "evicted: too many Noise handshakes in progress at this listener (maxHandshakes)",
+      ),
+    );
   }
 
   #deliver(conn: NoiseConnection): void {
@@ -1458,7 +1583,7 @@ class NoiseListener implements Listener {
     this.#closed = true;
     this.#env.untrack(this.#resource);
     const closing = sealwireError("ERR_CONNECTION_ABORTED", "the listener closed during the Noise handshake");
-    for (const h of [...this.#handshakes]) h.kill(closing);
+    for (const h of [...this.#handshakes]) h.kill?.(closing);
     for (const conn of this.#ready.splice(0)) {
       conn.abort(sealwireError("ERR_CONNECTION_ABORTED", "the listener closed before accepting this connection"));
     }
