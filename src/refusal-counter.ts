@@ -33,8 +33,8 @@
  *   },
  * });
  * const transport = noise({ transport: webSocket({ onRefusal: refusals.onRefusal }), identity, trust, onRefusal: refusals.onRefusal });
- * // ... at shutdown:
- * refusals.close(); // flushes what is pending
+ * // ... at shutdown, before the audit log closes:
+ * await refusals.close(); // flushes what is pending
  * ```
  */
 
@@ -238,7 +238,7 @@ export class RefusalCounter {
         this.#windowStart = this.#now();
         this.#timer = setTimeout(() => {
           this.#timer = undefined;
-          this.flush();
+          void this.flush();
         }, this.#windowMs);
         this.#timer.unref?.();
       }
@@ -249,14 +249,16 @@ export class RefusalCounter {
 
   /**
    * Hands what is pending to `onFlush` now (if anything is) and starts a new window. The records' `windowMs` is
-   * the time since the window opened (at least 1, at most the configured window).
+   * the time since the window opened (at least 1, at most the configured window). The promise resolves once
+   * `onFlush` (and the promise it returned, if any) has settled; it never rejects (failures go to `onFlushError`),
+   * so a shutdown can `await` it before closing the audit log.
    */
-  flush(): void {
+  flush(): Promise<void> {
     if (this.#timer !== undefined) {
       clearTimeout(this.#timer);
       this.#timer = undefined;
     }
-    if (this.#entries.size === 0) return;
+    if (this.#entries.size === 0) return Promise.resolve();
     const elapsed = Math.ceil(this.#now() - this.#windowStart);
     const windowMs = Math.min(this.#windowMs, Math.max(1, Number.isFinite(elapsed) ? elapsed : this.#windowMs));
     const records: RefusalRecord[] = [];
@@ -267,18 +269,25 @@ export class RefusalCounter {
     try {
       const result: unknown = this.#onFlush(records);
       if (typeof (result as PromiseLike<unknown> | null)?.then === "function") {
-        (result as PromiseLike<unknown>).then(undefined, (err: unknown) => this.#flushFailed(err));
+        return Promise.resolve(result as PromiseLike<unknown>).then(
+          () => undefined,
+          (err: unknown) => this.#flushFailed(err),
+        );
       }
     } catch (err) {
       this.#flushFailed(err);
     }
+    return Promise.resolve();
   }
 
-  /** Flushes what is pending and stops counting; later refusals are ignored. Idempotent. */
-  close(): void {
-    if (this.#closed) return;
-    this.flush();
+  /**
+   * Flushes what is pending and stops counting; later refusals are ignored. Idempotent. Resolves like
+   * {@link flush} (await it before closing the audit log, so the last window is recorded).
+   */
+  close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
     this.#closed = true;
+    return this.flush();
   }
 
   get [Symbol.toStringTag](): string {

@@ -110,6 +110,34 @@ describe("RefusalCounter", () => {
     expect(flushed.length).toBe(2); // nothing pending: close() does not call onFlush with an empty list
   });
 
+  it("await close() waits for an async onFlush (so a shutdown records the last window before the audit log closes), and never rejects", async () => {
+    const written: RefusalRecord[] = [];
+    let release!: () => void;
+    const c = new RefusalCounter({
+      onFlush: (records) =>
+        new Promise<void>((resolve) => {
+          release = () => {
+            written.push(...records);
+            resolve();
+          };
+        }),
+      now,
+    });
+    c.record({ reason: "ws_evicted", source: "10.0.0.1" });
+    let done = false;
+    const closing = c.close().then(() => (done = true));
+    await Promise.resolve();
+    expect(done).toBe(false);
+    release();
+    await closing;
+    expect(written).toEqual([{ reason: "ws_evicted", source: "10.0.0.1", count: 1, windowMs: 1 }]);
+    const errors: unknown[] = [];
+    const d = new RefusalCounter({ onFlush: () => Promise.reject(new Error("down")), onFlushError: (e) => void errors.push(e), now });
+    d.record({ reason: "ws_evicted" });
+    await expect(d.close()).resolves.toBeUndefined();
+    expect(errors.length).toBe(1);
+  });
+
   it("its timer does not keep the process alive (unref'd)", () => {
     vi.useRealTimers();
     const c = new RefusalCounter({ onFlush: () => {}, windowMs: 60_000 });
