@@ -417,6 +417,46 @@ describe("Noise listener: evict the oldest unfinished handshake, never an establ
     ]);
   });
 
+  it("under a sustained flood of stalled handshakes from 16 sources (defaults: 64 in flight, 8 per source), every new peer's handshake completes", async () => {
+    const env = await noiseHub({});
+    let stop = false;
+    let opened = 0;
+    const attack = (async () => {
+      for (let k = 0; !stop; k += 8) {
+        await Promise.all(
+          Array.from({ length: 8 }, (_, j) =>
+            stalledHandshake(env.port, `127.0.7.${((k + j) % 16) + 1}`).then(
+              () => void opened++,
+              () => {},
+            ),
+          ),
+        );
+      }
+    })();
+    await eventually(() => inFlight(env.listener) === 64, "the flood to fill every handshake slot");
+    const dials: number[] = [];
+    const t0 = performance.now();
+    for (let i = 0; i < 5; i++) {
+      const t = performance.now();
+      const c = await within(env.dial(), `new peer ${i} during the flood`, LEGIT_BOUND_MS);
+      dials.push(Math.round((performance.now() - t) * 10) / 10);
+      c.abort();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const evictions = (): number => env.refusals.filter((r) => r.reason === "noise_handshake_evicted" || r.reason === "noise_per_source").length;
+    await eventually(() => evictions() > 64, "the flood to turn every slot over at least once");
+    const seconds = (performance.now() - t0) / 1000;
+    stop = true;
+    await attack;
+    const evicted = evictions();
+    figures["noise flood: stalled handshakes/s"] = Math.round(opened / seconds);
+    figures["noise flood: evictions"] = evicted;
+    figures["noise flood: new peers' dials (ms)"] = dials.join(", ");
+    expect(evicted, "the flood really held the cap").toBeGreaterThan(64);
+    expect(env.accepted.length).toBe(5);
+    expect(inFlight(env.listener)).toBeLessThanOrEqual(64);
+  });
+
   it("reports failed and timed-out handshakes with their source; a throwing onRefusal changes nothing", async () => {
     const seen: Refusal[] = [];
     const env = await noiseHub({
