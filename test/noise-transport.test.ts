@@ -36,6 +36,7 @@ import {
   type NoiseAuditSink,
   type NoiseInit,
 } from "../transports/noise/index.js";
+import { handshakeSourceOf } from "../transports/noise/channel.js";
 import {
   FrameReader,
   checkFrame,
@@ -283,6 +284,9 @@ describe("noise(): options", () => {
       { ...base, handshakeTimeoutMs: 0 },
       { ...base, handshakeTimeoutMs: "5000" },
       { ...base, maxHandshakes: 0 },
+      { ...base, maxHandshakesPerSource: 0 },
+      { ...base, maxHandshakesPerSource: 2.5 },
+      { ...base, onRefusal: "audit" },
       { ...base, backlog: -1 },
       { ...base, rekeyAfterMessages: 0 },
       { ...base, rekeyAfterBytes: Number.NaN },
@@ -1094,6 +1098,35 @@ describe("noise(): bounded handshakes", () => {
     expect(client.isOpen && server.isOpen).toBe(true);
     client.send(utf8("still here"));
     expect(await within(server[Symbol.asyncIterator]().next(), "a frame")).toMatchObject({ done: false });
+  });
+
+  it("an established connection beyond the backlog is refused and reported as noise_backlog; onRefusal may throw", async () => {
+    const refusals: Refusal[] = [];
+    const env = await aliceAndBob({
+      bob: {
+        backlog: 1,
+        onRefusal: (r) => {
+          refusals.push(r);
+          throw new Error("hook failure must not matter");
+        },
+      },
+    });
+    const first = await within(env.ta.dial("mem://bob"), "the first dial");
+    cleanups.push(() => first.abort());
+    // Nobody accepts: the second channel finds the backlog full (XX: the responder refuses instead of confirming).
+    await rejectsCode(env.ta.dial("mem://bob"), "ERR_NOISE_HANDSHAKE");
+    await eventually(() => refusals.length === 1, "the refusal to be reported");
+    expect(refusals).toEqual([{ reason: "noise_backlog" }]);
+    expect((await env.accept()).remotePeer).toBe("alice"); // the first one is still there
+  });
+
+  it("handshakeSourceOf: the IP address of an inner remoteAddr, or nothing", () => {
+    expect(handshakeSourceOf("203.0.113.4:51234")).toBe("203.0.113.4");
+    expect(handshakeSourceOf("[2001:DB8::1]:443")).toBe("2001:db8::1");
+    expect(handshakeSourceOf("[fe80::1%eth0]:443")).toBe("fe80::1");
+    for (const none of ["mem://bob#3", "203.0.113.4", "[::1]", "nats:_INBOX.x", "", "x".repeat(100), 42, undefined]) {
+      expect(handshakeSourceOf(none)).toBeUndefined();
+    }
   });
 
   it("garbage first (and second) messages are refused quickly, without a connection, and the listener keeps serving", async () => {

@@ -285,6 +285,8 @@ describe("websocket transport", () => {
       { pingIntervalMs: -1 },
       { pongTimeoutMs: Number.NaN },
       { maxConnectionsPerAddress: 0 },
+      { maxConnections: 0 },
+      { onRefusal: "audit" },
       { backlog: "5" },
       { insecure: "yes" },
       { logger: {} },
