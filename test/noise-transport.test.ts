@@ -1265,6 +1265,32 @@ describe("noise(): audit, wiping, inspection", () => {
     await rejectsCode(env.ta.dial("mem://bob"), "ERR_AUDIT_IO"); // alice records before handing out
   });
 
+  it("with onRefusal too, anonymous handshake failures are counted there instead of one audit record each", async () => {
+    const env = await aliceAndBob();
+    const sink = memorySink();
+    const log = await AuditLog.open(sink, {
+      signer: { id: env.bob.identity.id, kid: env.bob.identity.kid, publicKey: env.bob.identity.signPublicKey, sign: (m: Uint8Array) => env.bob.identity.sign(m) },
+    });
+    const refusals: { reason: string; source?: string | undefined }[] = [];
+    const tb = over(env.bob, env.inner, { audit: log, onRefusal: (r: { reason: string; source?: string | undefined }) => void refusals.push(r) });
+    const l = await tb.listen("mem://bob-counted");
+    cleanups.push(() => l.close());
+    const mallory = await peer("mallory");
+    trusts(mallory, env.bob, false);
+    for (let i = 0; i < 5; i++) await rejectsCode(over(mallory, env.inner).dial("mem://bob-counted"), "ERR_NOISE_HANDSHAKE");
+    const raw = await env.inner.dial("mem://bob-counted");
+    raw.send(new Uint8Array(40).fill(7)); // garbage first message
+    await eventually(() => refusals.length >= 6, "six refusals counted");
+    expect(new Set(refusals.map((r) => r.reason))).toEqual(new Set(["noise_handshake_failed"]));
+    const [c, s] = await Promise.all([env.ta.dial("mem://bob-counted", { remotePeer: "bob" }), acceptor(l)()]);
+    expect(s.remotePeer).toBe("alice");
+    c.abort();
+    await log.close();
+    const events = sink.lines().map((line) => (JSON.parse(line) as { event: string }).event);
+    expect(events).toContain("handshake"); // successes are still recorded one by one
+    expect(events).not.toContain("handshake_failed");
+  });
+
   it("destroys both CipherStates of each end on abort and on a graceful close", async () => {
     const env = await aliceAndBob();
     const split = vi.spyOn(HandshakeState.prototype, "splitByRole");

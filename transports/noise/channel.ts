@@ -50,7 +50,8 @@
  * key alone is revoked (`trust.onKeyRetired`); `identity.onClose` aborts every connection
  * (`ERR_CLOSED`) and closes every listener. With an `audit` sink, each handshake is recorded (`handshake` before
  * the connection is handed out, and a failure to record refuses the connection; `handshake_failed` with the
- * error code otherwise). Records carry ids, key ids and codes only.
+ * error code otherwise — except, on a listener that also has `onRefusal`, failures before the peer was
+ * identified: those are counted there, to be audited in aggregate). Records carry ids, key ids and codes only.
  *
  * **Bounds.** A handshake must finish within `handshakeTimeoutMs`; a listener runs at most `maxHandshakes` at
  * once, and at most `maxHandshakesPerSource` from one remote address (the IP address in the inner connection's
@@ -723,7 +724,10 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
     const err = stop ?? asHandshakeFailure(conn?.failure ?? e);
     hs?.destroy();
     (conn ?? raw).abort(err);
-    if (!quiet && err.code !== "ERR_CLOSED" && err.code !== "ERR_ABORTED") {
+    // A responder with `onRefusal` counts anonymous failures there (aggregated records): one audit record per
+    // failed attempt from an unknown peer would turn a handshake flood into a flood of disk writes.
+    const counted = !role.initiator && res.peer === undefined && cfg.onRefusal !== undefined;
+    if (!quiet && !counted && err.code !== "ERR_CLOSED" && err.code !== "ERR_ABORTED") {
       recordAudit(cfg, {
         event: "handshake_failed",
         ...(res.peer !== undefined ? { peer: res.peer } : {}),
