@@ -9,7 +9,17 @@
  * npx vitest run --config test/vitest.config.ts test/audit.test.ts
  * ```
  */
-import { appendFileSync, chmodSync, promises as fsp, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  chmodSync,
+  promises as fsp,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { inspect } from "node:util";
@@ -28,6 +38,7 @@ import {
   auditRecordHash,
   canonicalJson,
   fileSink,
+  MAX_FSYNC_DUE,
   MESSAGE_EVENTS,
   memorySink,
   SESSION_CLOSE_REASONS,
@@ -1097,5 +1108,166 @@ describe("session-mode and refusal events", () => {
     alice.close();
     bob.close();
     mallory.close();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// fsync off the append path (issue 9: a checkpoint's fsync stalled every append behind it)
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Replaces `FileHandle.prototype.sync` with one the test completes by hand: each call waits for `release()` (or
+ * `fail()`), then runs the real fsync. Counts calls and the most ever in flight at once.
+ */
+async function gatedSync(at: string) {
+  const probe = await fsp.open(join(at, "probe"), "w");
+  const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
+  await probe.close();
+  const real = proto.sync;
+  const waiting: { go: () => void; no: (e: unknown) => void }[] = [];
+  const state = { calls: 0, inFlight: 0, maxInFlight: 0, auto: false };
+  vi.spyOn(proto, "sync").mockImplementation(function (this: unknown) {
+    state.calls++;
+    state.inFlight++;
+    state.maxInFlight = Math.max(state.maxInFlight, state.inFlight);
+    const gate = state.auto ? Promise.resolve() : new Promise<void>((go, no) => waiting.push({ go, no }));
+    return gate.then(() => real.call(this)).finally(() => state.inFlight--);
+  });
+  return {
+    state,
+    /** Lets the oldest held fsync run. */
+    release: () => waiting.shift()!.go(),
+    /** Fails the oldest held fsync with EIO. */
+    fail: () => waiting.shift()!.no(Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" })),
+    held: () => waiting.length,
+    /** Stops holding: releases every held fsync and lets later ones through. */
+    open: () => {
+      state.auto = true;
+      while (waiting.length > 0) waiting.shift()!.go();
+    },
+  };
+}
+
+/** How many of this process's descriptors are open on `path` (Linux: /proc/self/fd). */
+function fdsOn(path: string): number {
+  return readdirSync("/proc/self/fd").filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === path;
+    } catch {
+      return false; // closed meanwhile (the directory's own descriptor, for one)
+    }
+  }).length;
+}
+
+/** Settles `p` within `ms`, or says it is still pending. */
+async function within<T>(p: Promise<T>, ms = 2000): Promise<{ ok: true; value: T } | { ok: false; error: unknown } | "pending"> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<"pending">((r) => (timer = setTimeout(() => r("pending"), ms)));
+  try {
+    return await Promise.race([p.then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error })), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+describe('fsync "checkpoint" runs beside the appends, "always" before they resolve', () => {
+  it("appends resolve once written while a checkpoint's fsync runs; one fsync at a time; a far-behind disk holds appends behind that one fsync", async () => {
+    const g = await gatedSync(dir);
+    const path = join(dir, "bg.log");
+    const log = await AuditLog.open(fileSink(path), { signer, checkpointEvery: 1 });
+    expect(g.state.calls).toBe(0); // the segment start ends with no checkpoint
+    const first = await within(log.append(ev(1))); // [e1, checkpoint]: its fsync starts and is held
+    expect(first).toMatchObject({ ok: true });
+    expect(g.held()).toBe(1);
+    // While that fsync is held, MAX_FSYNC_DUE more checkpoint batches are written and resolve at once.
+    for (let i = 2; i <= 1 + MAX_FSYNC_DUE; i++) {
+      const r = await within(log.append(ev(i)));
+      expect(r, `append ${i}`).toMatchObject({ ok: true });
+      const rec = (r as { value: AuditRecord }).value;
+      expect(readFileSync(path, "latin1")).toContain(rec.hash); // written (to the OS) before it resolved
+    }
+    expect(g.state.calls).toBe(1); // no second fsync while the first runs
+    // One more is too far ahead of the disk: it is written, but resolves only when the fsync in flight ends.
+    const behind = log.append(ev(99));
+    expect(await within(behind, 100)).toBe("pending");
+    expect(readFileSync(path, "latin1")).toContain('"envelopeId":"e0099"');
+    g.release();
+    expect(await within(behind)).toMatchObject({ ok: true });
+    // The checkpoints written meanwhile got their fsync: one follow-up covering them all, and still one at a time.
+    expect(g.state.calls).toBe(2);
+    expect(g.held()).toBe(1);
+    g.open();
+    await log.close();
+    expect(g.state.maxInFlight).toBe(1);
+    expect(await verifyAuditLog(path, pk)).toMatchObject({ ok: true });
+  });
+
+  it('"always": an append resolves only after its fsync', async () => {
+    const g = await gatedSync(dir);
+    const path = join(dir, "always.log");
+    const opening = AuditLog.open(fileSink(path, { fsync: "always" }), { signer, checkpointEvery: 100 });
+    while (g.held() === 0) await new Promise((r) => setTimeout(r, 1)); // the segment start's fsync
+    g.release();
+    const log = await opening;
+    const p = log.append(ev(1));
+    expect(await within(p, 100)).toBe("pending");
+    expect(g.held()).toBe(1);
+    g.release();
+    expect(await within(p)).toMatchObject({ ok: true });
+    g.open();
+    await log.close();
+    expect(await verifyAuditLog(path, pk)).toMatchObject({ ok: true });
+  });
+
+  it("a failed background fsync kills the log: onError hears it, the waiting and every later append and close fail with ERR_AUDIT_IO", async () => {
+    const g = await gatedSync(dir);
+    const path = join(dir, "eio.log");
+    const heard: unknown[] = [];
+    const log = await AuditLog.open(fileSink(path, { onError: (e) => heard.push(e) }), { signer, checkpointEvery: 1 });
+    for (let i = 1; i <= 1 + MAX_FSYNC_DUE; i++) expect(await within(log.append(ev(i)))).toMatchObject({ ok: true });
+    const waiting = log.append(ev(50)); // held behind the fsync in flight
+    expect(await within(waiting, 100)).toBe("pending");
+    g.fail();
+    const w = await within(waiting);
+    expect(w).toMatchObject({ ok: false, error: { code: "ERR_AUDIT_IO" } });
+    expect(String((w as { error: Error }).error.message)).toContain("EIO");
+    expect(heard).toHaveLength(1);
+    expect(heard[0]).toMatchObject({ code: "ERR_AUDIT_IO" });
+    const before = readFileSync(path, "latin1");
+    for (let i = 60; i < 63; i++) await expect(log.append(ev(i))).rejects.toMatchObject({ code: "ERR_AUDIT_IO" });
+    expect(readFileSync(path, "latin1")).toBe(before); // nothing more is written after the failure
+    g.open();
+    expect(fdsOn(path)).toBe(1);
+    await expect(log.close()).rejects.toMatchObject({ code: "ERR_AUDIT_IO" });
+    expect(fdsOn(path)).toBe(0); // the descriptor is closed even though close() fails
+    expect(g.state.calls).toBe(1); // the failed fsync is not retried (close does not sync either)
+    // The descriptor was closed and the path released; the gap is visible, and a new segment can follow it.
+    expect(await verifyAuditLog(path, pk)).toMatchObject({ ok: false, code: "ERR_AUDIT_TRUNCATED", reason: "no_final_checkpoint" });
+    const again = await AuditLog.open(fileSink(path), { signer, newSegment: true });
+    await again.close();
+    expect(await verifyAuditLog(path, pk)).toMatchObject({ ok: true, segments: 2 });
+  });
+
+  it("after a failed fsync nothing more is written; a throwing onError does not escape; a bad onError is a caller error", async () => {
+    const g = await gatedSync(dir);
+    const path = join(dir, "throwing.log");
+    const log = await AuditLog.open(
+      fileSink(path, {
+        onError: () => {
+          throw new Error("listener bug");
+        },
+      }),
+      { signer, checkpointEvery: 1 },
+    );
+    await log.append(ev(1));
+    g.fail();
+    await new Promise((r) => setTimeout(r, 10));
+    const before = readFileSync(path, "latin1");
+    // No append was waiting: the next one is refused by the sink before anything is written.
+    await expect(log.append(ev(2))).rejects.toMatchObject({ code: "ERR_AUDIT_IO", message: expect.stringContaining("EIO") });
+    expect(readFileSync(path, "latin1")).toBe(before);
+    g.open();
+    await expect(log.close()).rejects.toMatchObject({ code: "ERR_AUDIT_IO" });
+    expect(() => fileSink(path, { onError: "log" as unknown as () => void })).toThrowError(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT" }));
   });
 });
