@@ -28,6 +28,7 @@ import { SealwireError } from "../src/errors.js";
 import { createHub } from "../src/hub.js";
 import { Identity, parsePublicIdentity } from "../src/identity.js";
 import { loadIdentity, passphraseFromEnv, passphraseFromFile, readPublicIdentity, saveIdentity, type Passphrase } from "../src/keystore.js";
+import { RefusalCounter, type Refusal } from "../src/refusal-counter.js";
 import type { Transport } from "../src/transport.js";
 import { loadTrustFile, saveTrustFile } from "../src/trust-file.js";
 import type { TrustStore } from "../src/trust.js";
@@ -190,7 +191,10 @@ async function loadKey(v: Values, io: CliIO): Promise<Identity> {
   return loadIdentity(v.key, { passphrase: passphrase(v, io) });
 }
 
-/** The wire for a hub URL: Noise over WebSocket; wss:// adds TLS underneath. Handshakes go to `audit` if given. */
+/**
+ * The wire for a hub URL: Noise over WebSocket; wss:// adds TLS underneath. Handshakes go to `audit` if given;
+ * refusals below the hub (caps, evictions, timeouts, malformed frames) to `onRefusal` (counted, then audited).
+ */
 async function hubTransport(
   url: string,
   identity: Identity,
@@ -198,6 +202,7 @@ async function hubTransport(
   v: Values,
   server: boolean,
   audit?: AuditLog,
+  onRefusal?: (r: Refusal) => unknown,
 ): Promise<Transport> {
   let scheme: string;
   try {
@@ -219,7 +224,13 @@ async function hubTransport(
   }
   // Under Noise no inner frame exceeds one Noise message (65,535 bytes): an unauthenticated peer cannot make the
   // WebSocket layer buffer more than that.
-  return noise({ transport: webSocket({ maxFrameBytes: 65_535, ...(tls ? { tls } : {}) }), identity, trust, ...(audit ? { audit } : {}) });
+  return noise({
+    transport: webSocket({ maxFrameBytes: 65_535, ...(tls ? { tls } : {}), ...(onRefusal ? { onRefusal } : {}) }),
+    identity,
+    trust,
+    ...(audit ? { audit } : {}),
+    ...(onRefusal ? { onRefusal } : {}),
+  });
 }
 
 function line(obj: unknown): string {
@@ -314,10 +325,21 @@ async function hubCmd(v: Values, io: CliIO): Promise<number> {
       throw e;
     }
   }
+  // Refusals below the hub are audited in aggregate (per reason and source, every 10 s), not one record per
+  // attempt: a flood must not turn into a flood of disk writes. A failed append is reported, and the hub's own
+  // envelope records still fail closed.
+  const refusals =
+    audit === undefined
+      ? undefined
+      : new RefusalCounter({
+          onFlush: (records) =>
+            Promise.all(records.map((r) => audit.append({ event: "refused_connections", reason: r.reason, source: r.source, count: r.count, windowMs: r.windowMs }))),
+          onFlushError: (e) => io.err(`audit: refused-connection counts not recorded (${SealwireError.is(e) ? e.code : "error"})`),
+        });
   const hub = await createHub({
     identity,
     trust,
-    transport: await hubTransport(v.listen, identity, trust, v, true, audit),
+    transport: await hubTransport(v.listen, identity, trust, v, true, audit, refusals?.onRefusal),
     listen: v.listen,
     ...(audit ? { audit } : {}),
     onError: (e) => io.err(`refused: ${e.code}${e.envelopeId ? ` ${e.envelopeId}` : ""}${e.reason ? ` (${e.reason})` : ""}`),
@@ -345,6 +367,7 @@ async function hubCmd(v: Values, io: CliIO): Promise<number> {
   await waitForStop(io);
   unwatchFile(tp, onTrustChange);
   await hub.close();
+  await refusals?.close(); // the last window's counts, before the log's final checkpoint
   await audit?.close();
   identity.close();
   return 0;

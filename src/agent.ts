@@ -38,7 +38,7 @@
 import { toHex } from "./_bytes.js";
 import { authMessage, encodeControl, isControlFrame, parseControl } from "./_hub-protocol.js";
 import { createAttestation, verifyAttestation, type VerifiedAttestation } from "./attestation.js";
-import type { AuditEvent } from "./audit.js";
+import { sessionAuditEvent, type AuditEvent } from "./audit.js";
 import { SealwireError, sealwireError, type ErrorCode } from "./errors.js";
 import {
   DEFAULT_CLOCK_SKEW_MS,
@@ -1203,35 +1203,7 @@ export class Agent {
   /** Session receiver events become audit records (metadata and the sender's checkpoint signatures). */
   #onSessionEvent(e: SessionEvent): void {
     if (this.#opts.audit === undefined) return;
-    let event: AuditEvent;
-    switch (e.kind) {
-      case "opened":
-        event = { event: "session_opened", from: e.from, to: e.to, stream: e.streamId, kid: e.senderKid, recipientKid: e.recipientKid };
-        break;
-      case "checkpoint":
-        event = {
-          event: "session_checkpoint",
-          from: e.from,
-          to: e.to,
-          stream: e.streamId,
-          kid: e.senderKid,
-          recipientKid: e.recipientKid,
-          firstSeq: e.firstSeq,
-          lastSeq: e.lastSeq,
-          prevHead: e.prevHead,
-          head: e.head,
-          signature: e.signature,
-          final: e.final,
-        };
-        break;
-      case "gap":
-        event = { event: "session_gap", from: e.from, to: this.id, stream: e.streamId, firstSeq: e.firstSeq, lastSeq: e.lastSeq };
-        break;
-      case "closed":
-        event = { event: "session_closed", from: e.from, to: this.id, stream: e.streamId, reason: e.reason, count: e.uncovered };
-        break;
-    }
-    const p = this.#audit(event)
+    const p = this.#audit(sessionAuditEvent(e, { to: this.id }))
       .catch((err: unknown) => this.#report(SealwireError.is(err) ? err : sealwireError("ERR_AUDIT_IO", "a session audit record could not be written", { cause: err })))
       .finally(() => this.#sessionAudits.delete(p));
     this.#sessionAudits.add(p);

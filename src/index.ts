@@ -17,10 +17,10 @@
  * ```
  */
 export { Agent, createAgent } from "./agent.js";
-export type { AgentOptions, AuditSink, CreateAgentOptions, ReceivedMessage, RequestOptions, SendOptions } from "./agent.js";
+export type { AgentOptions, AgentSessionOptions, AuditSink, CreateAgentOptions, ReceivedMessage, RequestOptions, SendMode, SendOptions } from "./agent.js";
 export { ANONYMIZER_ROLE, ATTESTATION_MAX_AGE_MS, createAttestation, verifyAttestation } from "./attestation.js";
 export type { Attestation, VerifiedAttestation } from "./attestation.js";
-export { AuditLog, fileSink, memorySink, verifyAuditLog } from "./audit.js";
+export { AuditLog, fileSink, memorySink, sessionAuditEvent, sessionCheckpointOfRecord, verifyAuditLog, verifySessionCheckpointRecord } from "./audit.js";
 export type { AuditEvent, AuditLogOptions, AuditRecord, AuditSigner, AuditSink as AuditRecordSink, AuditVerifyResult } from "./audit.js";
 export {
   POLICY_TIMEOUT_MS,
@@ -64,6 +64,8 @@ export { ADMIN_ROLE, DEFAULT_OVERLAP_MS, createRevocation, parseStatement, rotat
 export type { KeyStatement, RevocationStatement, RotationStatement } from "./statements.js";
 export { SessionReceiver, SessionSender, decodeSessionEnvelope, isSessionFrame, sessionEnvelopeId, verifySessionCheckpoint } from "./session.js";
 export type { SessionEvent, SessionHeader, SessionReceiverOptions, SessionSenderOptions } from "./session.js";
+export { RefusalCounter } from "./refusal-counter.js";
+export type { Refusal, RefusalRecord } from "./refusal-counter.js";
 export { defaultProvider, nativeProvider, nobleProvider } from "./_crypto.js";
 export type { CryptoProvider } from "./_crypto.js";
 export {

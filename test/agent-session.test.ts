@@ -4,7 +4,7 @@
  * checkpoint timer and its audit records, per-call mode, and the hub relaying continuations.
  */
 import { describe, expect, it } from "vitest";
-import type { AuditEvent } from "../src/audit.js";
+import { AuditLog, memorySink, verifyAuditLog, verifySessionCheckpointRecord, type AuditEvent, type AuditRecord } from "../src/audit.js";
 import { decodeEnvelope, encodePayload, sealEnvelope } from "../src/envelope.js";
 import { createHub, type HubOptions } from "../src/hub.js";
 import { createAgent, generateIdentity, SealwireError, TrustStore, type Agent, type Identity, type ReceivedMessage } from "../src/index.js";
@@ -327,7 +327,13 @@ describe("session mode through the agent", () => {
 
   it("checkpoints: the timer signs idle streams, close() sends the final one; the recipient audits each, nothing left uncovered", async () => {
     const c = await crew();
-    const audB = sink();
+    // Bob's records go to a real AuditLog too: they must pass its validation and verify, and each checkpoint must
+    // be re-verifiable from the record and alice's public key alone.
+    const bobId = c.identities["bob"]!;
+    const mem = memorySink();
+    const log = await AuditLog.open(mem, { signer: { id: bobId.id, kid: bobId.kid, publicKey: bobId.signPublicKey, sign: (m: Uint8Array) => bobId.sign(m) } });
+    const capture = sink();
+    const audB = { events: capture.events, append: async (e: AuditEvent) => (await capture.append(e), await log.append(e)) };
     const a = await c.start("alice", { mode: "session", session: { checkpointIntervalMs: 30, checkpointEvery: 4 } });
     const b = await c.start("bob", { audit: audB });
     for (let i = 0; i < 10; i++) await a.send("bob", i);
@@ -351,6 +357,16 @@ describe("session mode through the agent", () => {
     for (let i = 1; i < cks.length; i++) expect(cks[i]!.firstSeq).toBe(cks[i - 1]!.lastSeq + 1);
     expect(cks[0]!.firstSeq).toBe(0);
     for (const k of cks) expect(k.signature).toMatch(/^[A-Za-z0-9_-]{86}$/);
+    await c.close();
+    await log.close();
+    const lines = mem.lines();
+    expect((await verifyAuditLog(lines, { publicKey: bobId.signPublicKey })).ok).toBe(true);
+    const recorded = lines.map((l) => JSON.parse(l) as AuditRecord).filter((r) => r.event === "session_checkpoint");
+    expect(recorded).toHaveLength(cks.length);
+    const alicePub = c.identities["alice"]!.signPublicKey;
+    for (const r of recorded) expect(verifySessionCheckpointRecord(r, alicePub)).toBe(true);
+    expect(verifySessionCheckpointRecord({ ...recorded[0]!, lastSeq: recorded[0]!.lastSeq! + 1 }, alicePub)).toBe(false);
+    expect(verifySessionCheckpointRecord(recorded[0]!, bobId.signPublicKey)).toBe(false);
     // Session records carry metadata only.
     for (const e of audB.events.filter((e) => e.event.startsWith("session_"))) expect(Object.keys(e)).not.toContain("payload");
     await c.close();

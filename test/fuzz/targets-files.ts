@@ -17,7 +17,7 @@ import { createHook } from "node:async_hooks";
 import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { toBase64url, toHex } from "../../src/_bytes.js";
-import { APPENDABLE_EVENTS, AuditLog, auditRecordHash, canonicalJson, memorySink, verifyAuditLog, type AuditVerifyResult } from "../../src/audit.js";
+import { MESSAGE_EVENTS, AuditLog, auditRecordHash, canonicalJson, memorySink, verifyAuditLog, type AuditVerifyResult } from "../../src/audit.js";
 import { ERROR_CODES } from "../../src/errors.js";
 import { parsePublicIdentity, type Identity, type PublicIdentity } from "../../src/identity.js";
 import { loadIdentity, readPublicIdentity, saveIdentity } from "../../src/keystore.js";
@@ -47,7 +47,7 @@ export async function auditSamples(rng: Rng, signer: Identity): Promise<string[]
       const log = await AuditLog.open(sink, { signer, checkpointEvery: 2 + rng.int(6), hmacKey: fixedSecret("audit-hmac"), now: () => new Date((t += 1000)) });
       const count = 3 + rng.int(20);
       for (let i = 0; i < count; i++) {
-        const ev: Parameters<AuditLog["append"]>[0] = { event: rng.pick(APPENDABLE_EVENTS) };
+        const ev: Parameters<AuditLog["append"]>[0] = { event: rng.pick(MESSAGE_EVENTS) };
         if (rng.chance(0.7)) ev.envelopeId = toHex(rng.bytes(16));
         if (rng.chance(0.5)) ev.from = rng.pick(["alice", "bob", "hub"]);
         if (rng.chance(0.5)) ev.to = rng.pick(["alice", "bob", "carol"]);
