@@ -364,6 +364,55 @@ async function stalledHandshake(port: number, src: string): Promise<Socket> {
   return socket;
 }
 
+describe("WebSocket listener: a connection rate per address, refused at accept", () => {
+  it("connectionRatePerAddress 5: a burst of 10 from one address, the rest closed at accept (ws_rate_limited); other addresses unaffected; tokens come back; 0 turns it off", async () => {
+    const refusals: Refusal[] = [];
+    const t = plain({ connectionRatePerAddress: 5, onRefusal: (r) => void refusals.push(r) });
+    const l = await t.listen("ws://127.0.0.1:0");
+    acceptAll(l);
+    const port = portOf(l.addr);
+    const socks = await Promise.all(Array.from({ length: 30 }, () => connectFrom(port, "127.0.8.1")));
+    await eventually(() => refusals.filter((r) => r.reason === "ws_rate_limited").length >= 19, "rate-limited refusals");
+    const limited = refusals.filter((r) => r.reason === "ws_rate_limited");
+    // 10 tokens at first, plus at most one refilled while 30 sockets connect.
+    expect(limited.length).toBeGreaterThanOrEqual(19);
+    expect(limited.length).toBeLessThanOrEqual(20);
+    expect(new Set(limited.map((r) => r.source))).toEqual(new Set(["127.0.8.1"]));
+    const closedAtOnce = await Promise.all(socks.map((s) => Promise.race([closedSocket(s).then(() => 1), new Promise<number>((r) => setTimeout(() => r(0), 300))])));
+    expect(closedAtOnce.reduce((a, b) => a + b, 0)).toBe(limited.length);
+    // Another address is not affected, and a dialler bound to it (localAddress) gets in.
+    const other = webSocket({ localAddress: "127.0.8.2" });
+    const c = await secured(other).dial(l.addr);
+    cleanups.push(() => c.abort());
+    expect(c.isOpen).toBe(true);
+    expect(refusals.filter((r) => r.reason === "ws_rate_limited" && r.source === "127.0.8.2")).toEqual([]);
+    // Tokens come back at 5/s.
+    await new Promise((r) => setTimeout(r, 450));
+    const before = refusals.length;
+    await connectFrom(port, "127.0.8.1");
+    await connectFrom(port, "127.0.8.1");
+    await new Promise((r) => setTimeout(r, 50));
+    expect(refusals.slice(before).filter((r) => r.reason === "ws_rate_limited")).toEqual([]);
+    // 0: off.
+    const off = await plain({ connectionRatePerAddress: 0, onRefusal: (r) => void refusals.push(r) }).listen("ws://127.0.0.1:0");
+    acceptAll(off);
+    const n = refusals.length;
+    await Promise.all(Array.from({ length: 40 }, () => connectFrom(portOf(off.addr), "127.0.8.3")));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(refusals.slice(n).filter((r) => r.reason === "ws_rate_limited")).toEqual([]);
+    const thrown = (fn: () => unknown): unknown => {
+      try {
+        fn();
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    };
+    expectCode(thrown(() => webSocket({ connectionRatePerAddress: -1 })), "ERR_INVALID_ARGUMENT");
+    expectCode(thrown(() => webSocket({ localAddress: "not-an-ip" })), "ERR_INVALID_ARGUMENT");
+  });
+});
+
 describe("Noise listener: evict the oldest unfinished handshake, never an established channel", () => {
   it("maxHandshakes 8: stalled handshakes from 20 sources are evicted oldest first (before any cryptography), a new peer completes its handshake, established channels survive", async () => {
     const env = await noiseHub({ maxHandshakes: 8 });

@@ -5,28 +5,28 @@
  * message that makes the hub spend DH), oversize frames (declared over `maxPayload`, and exactly `maxPayload` of
  * garbage), slowloris on the HTTP upgrade, and a trusted-but-malicious agent sending garbage envelopes.
  *
- * Why the hub runs in this process (`createHub` over `noise(webSocket())`) and not as the CLI child: the CLI's hub
- * does not pass its audit log to `noise()`, so it cannot audit a failed Noise handshake at all (reported as a gap),
- * while this hub is built the way a deployment should build it — one `AuditLog` for the hub and its Noise
- * listener. It also puts the hub and the agents on one event loop, so any head-of-line blocking the attack causes
- * in the hub shows up directly in the pair's round trips.
+ * The hub is `sealwire hub` as deployed, in its own process, with its audit log and default limits: per-address
+ * connection rate (10/s, closed at accept), caps that evict the oldest unfinished socket or handshake, timeouts,
+ * and the listeners' refusals counted and audited in aggregate. The pair are agents in this process, as agents on
+ * other hosts would be. (An earlier version ran hub and agents on one event loop: every attack callback then
+ * delayed each of a round trip's six hops, so the p99 measured queueing in the test's own process.)
  *
  * Phases, each measured the same way (round trips paced at 40/s, event-loop delay, CPU, the main thread's run and
  * run-queue-wait time from schedstat, kernel TCP counters): two diagnostic ones at normal priority — `quiet, not
  * isolated` and `spin` (the attacker process only burns a core at nice 0: CPU starvation alone, no attack traffic)
- * — then, with this process given a CPU whenever it is runnable (see ISOLATE) and the attacker at nice 19, the
+ * — then, with the hub and this process given the CPU whenever they are runnable (see ISOLATE) and the attacker at
+ * nice 19, the
  * asserted ones: `quiet` (baseline), `attack`, and `quiet after` (how far the environment moved meanwhile).
  *
- * Asserted: the hub stays up and serves new peers afterwards; the pair loses no request; its p99 under attack is
- * within 3× the quiet p99; hub RSS growth stays bounded; every vector meets a limit (a cap that refuses at once,
+ * Asserted: the hub stays up and serves new peers during and after the attack (full listeners evict the oldest
+ * unfinished socket or handshake instead of refusing newcomers); the pair loses no request; its p99 under attack is
+ * within 3× the quiet p99; hub RSS growth stays bounded; every vector meets a limit (a cap that evicts or refuses,
  * or a timeout that drops it, each observed from the attacker's side with its timing); the insider is cut after
- * 32 refused frames; failed Noise handshakes are in the hub's audit log, which verifies. Figures are printed —
- * rates achieved, p50/p99 per phase, RSS, refusals by kind, audit records by kind and the hub's audit-append
- * latency (the hub awaits each record before reading a connection's next frame) — and written to
- * `$SEALWIRE_EVIDENCE_DIR/floods.json` when set. Most refusals leave no audit record today (they happen below the
- * hub, in the WebSocket and Noise listeners, which have no audit hook or no counter): reported, not asserted. A
- * known limitation (SECURITY.md, "What is not protected"), measured and printed but not asserted: new legitimate peers cannot connect during the
- * attack, because the listeners' global caps are full of the attacker's sockets.
+ * 32 refused frames; refusals below the hub (WebSocket and Noise listeners) are audited in aggregate —
+ * `refused_connections` records per reason and source per window (the listeners' `onRefusal` through a
+ * `RefusalCounter`) — and the log verifies after a graceful stop. Figures are printed — rates achieved, p50/p99
+ * per phase, hub CPU and RSS, refusals by kind, audit records by kind — and written to
+ * `$SEALWIRE_EVIDENCE_DIR/floods.json` when set.
  *
  * @module
  * @example
@@ -35,7 +35,7 @@
  * FLOOD_ATTACK_MS=20000 npx vitest run --config test/vitest.config.ts test/floods.test.ts   # a longer attack
  * ```
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { setPriority, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -44,9 +44,8 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseControl } from "../src/_hub-protocol.js";
 import { createAgent, type Agent } from "../src/agent.js";
-import { AuditLog, fileSink, verifyAuditLog } from "../src/audit.js";
+import { verifyAuditLog } from "../src/audit.js";
 import { SealwireError } from "../src/errors.js";
-import { createHub, type Hub } from "../src/hub.js";
 import { Identity } from "../src/identity.js";
 import { saveIdentity } from "../src/keystore.js";
 import { saveTrustFile } from "../src/trust-file.js";
@@ -56,6 +55,7 @@ import { webSocket } from "../transports/websocket.js";
 import type { AttackConfig } from "./fixtures/attacker.js";
 
 const ATTACKER = fileURLToPath(new URL("./fixtures/attacker.ts", import.meta.url));
+const CLI = fileURLToPath(new URL("../bin/sealwire.ts", import.meta.url));
 const TSX = import.meta.resolve("tsx");
 const ATTACK_MS = Number(process.env["FLOOD_ATTACK_MS"] ?? 12_000);
 const QUIET_MS = 6_000;
@@ -63,8 +63,8 @@ const AFTER_MS = 4_000;
 /** Length of each diagnostic phase (not isolated: quiet, and CPU-starvation control). */
 const DIAG_MS = 3_000;
 /**
- * During the asserted phases the hub and the agents (this process) get a CPU whenever they are runnable (real-time
- * scheduling, see {@link isolate}) and the attacker runs at nice 19: the hub gets the CPU a dedicated server would
+ * During the asserted phases the hub and the agents (this process) get the CPU whenever they are runnable (nice -10,
+ * see {@link isolate}) and the attacker runs at nice 19: the hub gets the CPU a dedicated server would
  * give it, the attacker's CPU is not the hub's (as on a real network), and this shared 2-core machine's other
  * load (other test runs, compilers) stops deciding the p99. What is left is work the hub does for the attacker
  * and the kernel's loopback networking. FLOOD_ISOLATE=0 turns it off (the figures then show the run-queue wait).
@@ -94,28 +94,30 @@ const P99_FACTOR = 3;
 const RSS_GROWTH_LIMIT_MB = 256;
 
 /**
- * Gives this process (the hub and the agents) a CPU whenever it is runnable, for the asserted phases (see
- * ISOLATE): every thread to SCHED_FIFO priority 10 with `chrt` (the kernel's RT throttling still leaves 5% of each
- * second to everything else), else nice -10, else nothing. Returns what it did; undone in afterAll.
+ * Gives the hub process and this one (the agents) the CPU whenever they are runnable, for the asserted phases (see
+ * ISOLATE): every thread to nice -10. Against the attacker at nice 19 that is a CFS weight of 9548 to 15, so the
+ * attacker gets only CPU nobody else wants — without real-time scheduling, whose throttling (95% of each second)
+ * stalled a saturated hub for seconds at a time in earlier runs of this test. Returns what it did; undone in
+ * afterAll.
  */
-function isolate(): string {
+function isolate(pids: number[]): string {
   if (!ISOLATE) return "off";
-  const tids = readdirSync(`/proc/${process.pid}/task`);
-  const fifo = tids.every((tid) => spawnSync("chrt", ["-f", "-p", "10", tid], { stdio: "ignore" }).status === 0);
-  if (fifo) {
-    cleanups.push(() => {
-      for (const tid of readdirSync(`/proc/${process.pid}/task`)) spawnSync("chrt", ["-o", "-p", "0", tid], { stdio: "ignore" });
-    });
-    return "SCHED_FIFO 10";
-  }
-  for (const tid of tids) spawnSync("chrt", ["-o", "-p", "0", tid], { stdio: "ignore" });
+  const tids = pids.flatMap((pid) => readdirSync(`/proc/${pid}/task`).map(Number));
   try {
-    setPriority(-10);
-    cleanups.push(() => setPriority(0));
-    return "nice -10";
+    for (const tid of tids) setPriority(tid, -10);
   } catch {
     return "none (no privilege)";
   }
+  cleanups.push(() => {
+    for (const pid of pids) {
+      try {
+        for (const tid of readdirSync(`/proc/${pid}/task`)) setPriority(Number(tid), 0);
+      } catch {
+        /* exited */
+      }
+    }
+  });
+  return "nice -10";
 }
 
 // Made in beforeAll, not at import: `vitest list` imports and collects files without running hooks.
@@ -316,43 +318,53 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
       process.off("uncaughtException", onUnhandled);
     });
 
-    // Identities, trust, and the insider's key file (the attacker loads it like any agent would).
+    // Identities, trust, and the key files of the hub and the insider (the attacker loads it like any agent would).
     const trust = new TrustStore();
     const ids: Record<string, Identity> = {};
     for (const id of ["hub", "alice", "bob", "carol", "mallory"]) {
       ids[id] = Identity.generate(id);
       cleanups.push(() => ids[id]!.close());
-      trust.add(id === "mallory" ? await saveIdentity(join(dir, "mallory.key"), ids[id], { passphrase: PASS }) : ids[id].publicIdentity);
+      trust.add(id === "mallory" || id === "hub" ? await saveIdentity(join(dir, `${id}.key`), ids[id], { passphrase: PASS }) : ids[id].publicIdentity);
     }
     await saveTrustFile(join(dir, "trust.json"), trust);
 
+    // The hub as deployed: `sealwire hub` in its own process, with its audit log (which also gets the aggregated
+    // refusals of its WebSocket and Noise listeners) and its default limits.
     const auditPath = join(dir, "hub-audit.log");
-    const audit = await AuditLog.open(fileSink(auditPath), { signer: ids["hub"]! });
-    // Every append the hub and its Noise listener make goes through here, timed: the hub awaits each record before
-    // it reads the connection's next frame, so a slow write (an fsync at a checkpoint) is on the message path.
-    const appendMs: { at: number; ms: number; event: string }[] = [];
-    const timedAudit = {
-      append: async (e: Parameters<AuditLog["append"]>[0]) => {
-        const t = performance.now();
-        try {
-          return await audit.append(e);
-        } finally {
-          appendMs.push({ at: t, ms: performance.now() - t, event: e.event });
-        }
-      },
-    };
-    cleanups.push(() => audit.close());
-    const hubErrors: Record<string, number> = {};
-    const hub: Hub = await createHub({
-      identity: ids["hub"]!,
-      trust,
-      transport: noise({ transport: webSocket(), identity: ids["hub"]!, trust, audit: timedAudit }),
-      listen: "ws://127.0.0.1:0",
-      audit: timedAudit,
-      onError: (e) => (hubErrors[e.code] = (hubErrors[e.code] ?? 0) + 1),
+    const hubProc = spawn(process.execPath, ["--import", TSX, CLI, "hub", "--listen", "ws://127.0.0.1:0", "--key", join(dir, "hub.key"), "--trust", join(dir, "trust.json"), "--audit", auditPath], {
+      env: { ...process.env, SEALWIRE_PASSPHRASE: PASS },
+      stdio: ["ignore", "pipe", "pipe"],
     });
-    cleanups.push(() => hub.close());
-    const url = hub.address!;
+    const hubExited = new Promise<number>((r) => hubProc.on("exit", (code, sig) => r(code ?? (sig ? 128 : 1))));
+    cleanups.push(() => {
+      if (hubProc.exitCode === null && hubProc.signalCode === null) hubProc.kill("SIGKILL");
+    });
+    const hubErrors: Record<string, number> = {};
+    const hubOut: string[] = [];
+    let hubBuf = "";
+    const onHubData = (d: Buffer) => {
+      hubBuf += d.toString();
+      let i: number;
+      while ((i = hubBuf.indexOf("\n")) >= 0) {
+        const l = hubBuf.slice(0, i);
+        hubBuf = hubBuf.slice(i + 1);
+        const refused = /^refused: (ERR_[A-Z_]+)/.exec(l);
+        if (refused) hubErrors[refused[1]!] = (hubErrors[refused[1]!] ?? 0) + 1;
+        else if (hubOut.length < 200) hubOut.push(l);
+      }
+    };
+    hubProc.stdout!.on("data", onHubData);
+    hubProc.stderr!.on("data", onHubData);
+    const url = await (async () => {
+      const end = Date.now() + 20_000;
+      for (;;) {
+        const m = hubOut.map((l) => /listening on (ws:\/\/127\.0\.0\.1:\d+)/.exec(l)).find(Boolean);
+        if (m) return m[1]!;
+        if (Date.now() > end || hubProc.exitCode !== null) throw new Error(`the hub did not start:\n${hubOut.join("\n")}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    const hubPid = hubProc.pid!;
 
     const agentErrors: string[] = [];
     const mk = async (id: string) => {
@@ -402,16 +414,21 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
     await spinner.done;
 
     // Then the hub's thread gets its own CPU (see ISOLATE) and the asserted phases run: quiet baseline, attack.
-    const isolated = isolate();
+    const isolated = isolate([process.pid, hubPid]);
     const quiet = await measure("quiet", alice, QUIET_MS);
 
     // The attack. RSS is sampled every 100 ms; a new peer tries to connect every second.
     global.gc?.();
-    const rss0 = process.memoryUsage.rss();
+    const hubRss = (): number => {
+      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${hubPid}/status`, "utf8"));
+      return m ? Number(m[1]) * 1024 : NaN;
+    };
+    const rss0 = hubRss();
     let rssPeak = rss0;
-    const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage.rss())), 100);
+    const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, hubRss())), 100);
     cleanups.push(() => clearInterval(sampler));
-    const auditCount0 = audit.count;
+    const auditLines = () => readFileSync(auditPath, "utf8").split("\n").filter(Boolean).length;
+    const auditCount0 = auditLines();
     const range = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}.${i + 1}`);
     const attacker = startAttacker({
       url,
@@ -420,27 +437,27 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
       stall: { perSec: 1_000, sources: range("127.0.2", 32) },
       oversize: { perSec: 20, sources: range("127.0.3", 8) },
       slowloris: { concurrent: 100, byteIntervalMs: 100, sources: ["127.0.4.1"] },
-      insider: { key: join(dir, "mallory.key"), passphrase: PASS, trust: join(dir, "trust.json"), hubId: "hub", framesPerSec: 2_000 },
+      insider: { key: join(dir, "mallory.key"), passphrase: PASS, trust: join(dir, "trust.json"), hubId: "hub", framesPerSec: 2_000, source: "127.0.5.1" },
     }, ATTACKER_NICE);
     await attacker.started;
     await new Promise((r) => setTimeout(r, 500)); // let every vector ramp up
+    const hubCpu0 = procCpuS(hubPid);
     const attackerCpu0 = procCpuS(attacker.proc.pid!);
     const probes: { ok: boolean; ms: number; code?: string }[] = [];
     let lastProbe = performance.now();
     let probing: Promise<void> = Promise.resolve();
-    const attackStart = performance.now();
     const attack = await measure("attack", alice, ATTACK_MS - 1500, () => {
       if (performance.now() - lastProbe < 1000) return;
       lastProbe = performance.now();
       probing = probing.then(async () => void probes.push(await probe()));
     });
-    const attackEnd = performance.now();
+    const hubCpu = procCpuS(hubPid) - hubCpu0;
     const attackerCpu = procCpuS(attacker.proc.pid!) - attackerCpu0;
     const attackWall = (ATTACK_MS - 1500) / 1000;
     await probing;
     const summary = await attacker.done;
     clearInterval(sampler);
-    const auditDuringAttack = audit.count - auditCount0;
+    const auditDuringAttack = auditLines() - auditCount0;
 
     // After: the hub still serves the pair and new peers (wait out the longest handshake timeout, 10 s).
     const after = Date.now();
@@ -458,17 +475,25 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
 
     await alice.close();
     await bob.close();
-    await hub.close();
-    await audit.close();
+    // A graceful stop: the hub records its last window of refusals and the log's final checkpoint.
+    hubProc.kill("SIGTERM");
+    expect(await hubExited).toBe(0);
     const verified = await verifyAuditLog(auditPath, { publicKey: ids["hub"]!.signPublicKey });
     const records = readFileSync(auditPath, "utf8")
       .split("\n")
       .filter(Boolean)
-      .map((l) => JSON.parse(l) as { event: string; reason?: string; peer?: string });
+      .map((l) => JSON.parse(l) as { event: string; reason?: string; peer?: string; count?: number });
     const audited: Record<string, number> = {};
+    /** Refusals below the hub by reason, summed over the aggregated records' counts. */
+    const refusedBelowHub: Record<string, number> = {};
+    let refusedRecords = 0;
     for (const r of records) {
       const k = `${r.event}${r.reason ? `:${r.reason}` : ""}${r.event === "handshake" && r.peer === "mallory" ? ":mallory" : ""}`;
-      if (r.event === "handshake_failed" || r.event === "denied" || r.event === "handshake") audited[k] = (audited[k] ?? 0) + 1;
+      if (r.event === "handshake_failed" || r.event === "denied" || r.event === "handshake" || r.event === "refused_connections") audited[k] = (audited[k] ?? 0) + 1;
+      if (r.event === "refused_connections") {
+        refusedRecords++;
+        refusedBelowHub[r.reason!] = (refusedBelowHub[r.reason!] ?? 0) + r.count!;
+      }
     }
     const auditBytes = readFileSync(auditPath).length;
 
@@ -481,10 +506,11 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
       machine: { cores: 2, loadavg: readFileSync("/proc/loadavg", "utf8").trim() },
       attackRatesAchieved: summary["rates"],
       attackerCpuCore: r2(attackerCpu / attackWall),
+      hubCpuCore: r2(hubCpu / attackWall),
       attackerCounters: counters,
       refusalsSeenByAttacker: fates,
       attackerNice: ATTACKER_NICE,
-      hubIsolated: isolated,
+      isolation: isolated,
       phases: [plainQuiet, spin, quiet, attack, quietAfter].map(({ rtts, failures, ...p }) => ({ ...p, n: rtts.length, failures })),
       p99Ratio: { attackVsQuiet: r2(attack.p99 / quiet.p99), spinVsPlainQuiet: r2(spin.p99 / plainQuiet.p99), quietAfterVsQuiet: r2(quietAfter.p99 / quiet.p99) },
       rssMB: { before: Math.round(rss0 / 2 ** 20), peak: Math.round(rssPeak / 2 ** 20), growth: Math.round((rssPeak - rss0) / 2 ** 20) },
@@ -492,14 +518,10 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
       newPeerAfterAttack: { ...recovered, afterMs: recoveredAfterMs },
       hubRefusalsByCode: hubErrors,
       auditRecordsDuringAttack: auditDuringAttack,
-      auditAppendMs: (() => {
-        const during = appendMs.filter((a) => a.at >= attackStart && a.at <= attackEnd);
-        const ms = during.map((a) => a.ms);
-        const slow = [...during].sort((a, b) => b.ms - a.ms).slice(0, 3).map((a) => ({ at: Math.round(a.at), ms: r2(a.ms), event: a.event }));
-        return { n: ms.length, p50: r2(pct(ms, 50)), p99: r2(pct(ms, 99)), max: r2(Math.max(0, ...ms)), slowest: slow };
-      })(),
       auditBytesTotal: auditBytes,
       auditByKind: audited,
+      refusedBelowHubByReason: refusedBelowHub,
+      refusedConnectionsRecords: refusedRecords,
       auditVerifies: verified.ok,
     };
     const report = JSON.stringify(figures, null, 1);
@@ -528,23 +550,18 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
     // --- Memory: bounded.
     expect((rssPeak - rss0) / 2 ** 20).toBeLessThan(RSS_GROWTH_LIMIT_MB);
 
-    // --- Every vector met a limit: refused at once by a cap, or dropped by a timeout — never held for long.
-    // Caps that refuse at once: TCP-level (64 handshaking sockets per address, 1024 in total) and Noise's 64
-    // handshakes in flight. Timeouts that drop: the HTTP upgrade (10 s) and the Noise handshake (5 s).
-    expect(sumFates(/^stall\/tcp\/dropped_at_once$/), "no TCP-level cap engaged").toBeGreaterThan(0);
-    expect(sumFates(/^stall\/(upgrade|m1)\/ws_dropped_at_once$/), "Noise's in-flight handshake cap never engaged").toBeGreaterThan(0);
-    const noiseTimeouts = fates["stall/m1/ws_dropped_late"];
-    expect(noiseTimeouts?.n ?? 0, "no stalled Noise handshake was timed out").toBeGreaterThan(0);
-    expect(noiseTimeouts!.p50Ms).toBeGreaterThan(4_500);
-    expect(noiseTimeouts!.maxMs, "a stalled Noise handshake outlived its 5 s timeout").toBeLessThan(7_000);
-    const upgradeTimeouts = fates["stall/tcp/dropped_late"];
-    expect(upgradeTimeouts?.n ?? 0, "no socket stalled before the upgrade was timed out").toBeGreaterThan(0);
-    expect(upgradeTimeouts!.p50Ms).toBeGreaterThan(9_500);
-    expect(maxLife(/^(stall|slowloris)\/(tcp|trickle)\//), "a socket outlived the 10 s upgrade timeout").toBeLessThan(12_000);
-    // Slowloris from one address: the per-address cap (64) refuses the rest at once; each trickler is dropped by
-    // the upgrade timeout.
-    expect(sumFates(/^slowloris\/trickle\/dropped_at_once$/), "the per-address cap did not stop slowloris").toBeGreaterThan(0);
-    expect(fates["slowloris/trickle/dropped_late"]?.p50Ms ?? 0).toBeGreaterThan(9_500);
+    // --- New peers get in during the attack: full listeners evict the oldest unfinished socket or handshake.
+    expect(probes.length).toBeGreaterThan(3);
+    expect(probes.filter((p) => !p.ok).map((p) => p.code ?? "no sw-ready"), "a new peer was kept out during the attack").toEqual([]);
+
+    // --- Every vector met a limit: evicted or refused by a cap, or dropped by a timeout — never held for long.
+    // Caps: 1024 sockets and 64 handshaking per address at the WebSocket listener (the oldest unfinished one is
+    // evicted), 64 Noise handshakes in flight and 8 per source (likewise). Timeouts: the HTTP upgrade (10 s) and
+    // the Noise handshake (5 s).
+    expect(sumFates(/^stall\//), "no stalled socket was ever dropped").toBeGreaterThan(0);
+    expect(maxLife(/^stall\/m1\//), "a stalled Noise handshake outlived its 5 s timeout").toBeLessThan(7_000);
+    expect(maxLife(/^(stall|slowloris)\/(tcp|trickle|upgrade)\//), "a socket outlived the 10 s upgrade timeout").toBeLessThan(12_000);
+    expect(sumFates(/^slowloris\/trickle\//), "slowloris was never dropped").toBeGreaterThan(0);
     // Oversize and garbage: refused at a cap, or dropped within the Noise timeout (never read past one frame).
     expect(sumFates(/^oversize\//)).toBeGreaterThan(0);
     expect(maxLife(/^(oversize|garbage)\//)).toBeLessThan(7_000);
@@ -553,9 +570,12 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
     expect(hubErrors["ERR_DECODE"] ?? 0).toBeGreaterThanOrEqual(32);
     expect(hubErrors["ERR_DECODE"] ?? 0).toBeLessThanOrEqual(32 * ((counters["insider.connected"] ?? 0) + 1));
 
-    // --- Audited: failed Noise handshakes, by code (garbage → ERR_NOISE_HANDSHAKE, stalls → ERR_TIMEOUT).
-    expect(audited["handshake_failed:ERR_NOISE_HANDSHAKE"] ?? 0).toBeGreaterThan(0);
-    expect(audited["handshake_failed:ERR_TIMEOUT"] ?? 0).toBeGreaterThan(0);
+    // --- Audited in aggregate: garbage handshakes, evictions of stalled ones, oversize frames — each reason with
+    // its count, in far fewer records than refusals (a flood does not become a flood of disk writes).
+    expect(refusedBelowHub["noise_handshake_failed"] ?? 0, JSON.stringify(refusedBelowHub)).toBeGreaterThan(0);
+    expect((refusedBelowHub["noise_handshake_evicted"] ?? 0) + (refusedBelowHub["noise_per_source"] ?? 0) + (refusedBelowHub["ws_evicted"] ?? 0) + (refusedBelowHub["ws_per_address_evicted"] ?? 0), JSON.stringify(refusedBelowHub)).toBeGreaterThan(0);
+    const refusedTotal = Object.values(refusedBelowHub).reduce((a, b) => a + b, 0);
+    expect(refusedRecords).toBeLessThan(refusedTotal / 10);
   }, 120_000);
 
 });

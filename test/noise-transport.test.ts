@@ -1086,13 +1086,12 @@ describe("noise(): bounded handshakes", () => {
     expect(server.remotePeer).toBe("alice");
     expect(refusals.length).toBe(137);
     expect(settled.has(raws[136]!)).toBe(true);
-    // After the handshake timeout every stalled wire is gone. Timeouts are audited one by one; evictions are not
-    // (they are counted through onRefusal, for aggregated records).
+    // After the handshake timeout every stalled wire is gone. With onRefusal, evictions and timeouts of
+    // unidentified peers are counted there (for aggregated records), not audited one by one.
     await eventually(() => settled.size === 200, "every stalled connection to be aborted", 3000);
     for (const r of raws) expectCode(await r.closed, "ERR_CONNECTION_ABORTED");
-    await eventually(() => env.bob.audit.of("handshake_failed").length === 63, "63 timeout records");
-    expect(new Set(env.bob.audit.of("handshake_failed").map((e) => e.reason))).toEqual(new Set(["ERR_TIMEOUT"]));
     await eventually(() => refusals.filter((r) => r.reason === "noise_handshake_timeout").length === 63, "63 timeouts reported");
+    expect(env.bob.audit.of("handshake_failed")).toEqual([]);
     expect(inFlight()).toBe(0);
     // The established channel was never a candidate for eviction.
     expect(client.isOpen && server.isOpen).toBe(true);

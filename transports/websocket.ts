@@ -109,6 +109,10 @@ const DEFAULT_PONG_TIMEOUT_MS = 10_000;
 const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64;
 /** Default sockets per listener, handshaking or upgraded. */
 const DEFAULT_MAX_CONNECTIONS = 1024;
+/** New TCP connections accepted per remote IP address per second, sustained (a token bucket; see the option). */
+const DEFAULT_CONNECTION_RATE_PER_ADDRESS = 10;
+/** Addresses whose connection rate a listener remembers (least recently seen forgotten first). */
+const MAX_RATE_BUCKETS = 65_536;
 /** How much later than `handshakeTimeoutMs` Node's own TLS handshake timeout fires (a backstop only). */
 const TLS_TIMEOUT_BACKSTOP_MS = 1_000;
 /** Default upgraded connections waiting for the listener's iterator to take them. */
@@ -142,6 +146,8 @@ const INIT_KEYS: ReadonlySet<string> = new Set([
   "pongTimeoutMs",
   "maxConnectionsPerAddress",
   "maxConnections",
+  "connectionRatePerAddress",
+  "localAddress",
   "backlog",
   "allowedOrigins",
   "onRefusal",
@@ -283,6 +289,20 @@ export interface WebSocketInit {
    */
   maxConnections?: number | undefined;
   /**
+   * Listener: new TCP connections accepted per remote IP address per second, sustained; bursts of twice that
+   * are allowed (a token bucket). Beyond it a new socket is closed at accept, before
+   * any TLS or HTTP work (`onRefusal`: `ws_rate_limited`), so a flood from an address costs the listener almost
+   * nothing. Agents keep their connections open, so an honest client reconnecting with backoff never meets it.
+   * `0` turns it off.
+   * @default 10
+   */
+  connectionRatePerAddress?: number | undefined;
+  /**
+   * Dialler: the local IP address outgoing connections are bound to (a host with several addresses, or tests
+   * that play several hosts on loopback). @default the system's choice
+   */
+  localAddress?: string | undefined;
+  /**
    * Listener: upgraded connections not yet taken by the listener's iterator. Further upgrades are refused with
    * HTTP 503 (`ERR_CONNECTION_REFUSED` for the dialler).
    * @default 128
@@ -301,6 +321,7 @@ export interface WebSocketInit {
    * - `ws_evicted`: at `maxConnections`, a socket that had not finished its opening handshake (or an upgraded
    *   connection not yet accepted) was dropped to make room for a new one (source: the evicted socket);
    * - `ws_max_connections`: at `maxConnections` with every socket an accepted connection, a new one was dropped;
+   * - `ws_rate_limited`: a new socket from an address over `connectionRatePerAddress` was closed at accept;
    * - `ws_per_address_evicted`: at `maxConnectionsPerAddress` handshaking sockets, the address's oldest was dropped;
    * - `ws_per_address`: an upgrade refused with HTTP 429 (`maxConnectionsPerAddress` upgraded connections);
    * - `ws_backlog`: an upgrade refused with HTTP 503 (`backlog` unaccepted connections);
@@ -329,6 +350,8 @@ interface Config {
   readonly pongTimeoutMs: number;
   readonly maxConnectionsPerAddress: number;
   readonly maxConnections: number;
+  readonly connectionRatePerAddress: number;
+  readonly localAddress: string | undefined;
   readonly backlog: number;
   readonly allowedOrigins: ReadonlySet<string>;
   readonly onRefusal: ((r: Refusal) => unknown) | undefined;
@@ -511,6 +534,8 @@ function resolveConfig(init: unknown): Config {
       DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     ),
     maxConnections: intOption(o.maxConnections, "maxConnections", 1, MAX_COUNT, DEFAULT_MAX_CONNECTIONS),
+    connectionRatePerAddress: intOption(o.connectionRatePerAddress, "connectionRatePerAddress", 0, MAX_COUNT, DEFAULT_CONNECTION_RATE_PER_ADDRESS),
+    localAddress: localAddressOption(o.localAddress),
     backlog: intOption(o.backlog, "backlog", 1, MAX_COUNT, DEFAULT_BACKLOG),
     allowedOrigins,
     onRefusal: o.onRefusal,
@@ -518,6 +543,12 @@ function resolveConfig(init: unknown): Config {
     logger: o.logger,
     tls: resolveTls(o.tls),
   };
+}
+
+function localAddressOption(v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== "string" || isIP(v) === 0) throw invalid("webSocket(): localAddress must be an IP address such as 127.0.0.2");
+  return v;
 }
 
 /** A parsed `ws://` / `wss://` address. */
@@ -1161,6 +1192,8 @@ class WebSocketListener implements Listener {
   readonly #pending: PendingConnection[] = [];
   readonly #acceptors: Waiter<IteratorResult<Connection>>[] = [];
   readonly #perAddress = new Map<string, AddressCount>();
+  /** Per remote IP address: connection tokens left and when they were last topped up (least recently seen first). */
+  readonly #rate = new Map<string, { tokens: number; at: number }>();
   /** Sockets in their opening handshake, oldest first (Map keeps insertion order), by {@link RawSocket.key}. */
   readonly #raw = new Map<string, RawSocket>();
   /** Upgraded connections (accepted or not) whose socket has not closed yet. */
@@ -1279,6 +1312,12 @@ class WebSocketListener implements Listener {
       socket.destroy();
       return;
     }
+    if (!this.#admitRate(ip)) {
+      // Over the address's connection rate: closed before any TLS or HTTP work.
+      this.#refused("ws_rate_limited", ip);
+      socket.destroy();
+      return;
+    }
     const key = `${socket.remoteAddress}|${socket.remotePort}`;
     const stale = this.#raw.get(key);
     if (stale !== undefined) this.#forgetRaw(stale); // its close event has not run yet; never count a key twice
@@ -1305,6 +1344,27 @@ class WebSocketListener implements Listener {
     count.handshaking.add(raw);
     this.#raw.set(key, raw);
     socket.once("close", () => this.#forgetRaw(raw));
+  }
+
+  /** Takes a connection token of `ip` (token bucket: `connectionRatePerAddress`/s, burst twice that). */
+  #admitRate(ip: string): boolean {
+    const rate = this.#cfg.connectionRatePerAddress;
+    if (rate === 0) return true;
+    const burst = 2 * rate;
+    const now = performance.now();
+    let b = this.#rate.get(ip);
+    if (b === undefined) {
+      if (this.#rate.size >= MAX_RATE_BUCKETS) this.#rate.delete(this.#rate.keys().next().value!);
+      b = { tokens: burst, at: now };
+    } else {
+      this.#rate.delete(ip); // re-inserted below: most recently seen last
+      b.tokens = Math.min(burst, b.tokens + ((now - b.at) * rate) / 1000);
+      b.at = now;
+    }
+    this.#rate.set(ip, b);
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
   }
 
   /** Stops counting a handshaking socket (idempotent): it upgraded, closed, or is being dropped. */
@@ -1592,6 +1652,7 @@ class WebSocketTransport implements Transport {
       skipUTF8Validation: false,
       generateMask,
       closeTimeout: cfg.closeTimeoutMs,
+      ...(cfg.localAddress !== undefined ? { localAddress: cfg.localAddress } : {}),
     };
     let tlsEstablished = false;
     if (target.secure) {
