@@ -35,7 +35,11 @@ const latin1 = (b: Uint8Array) => Buffer.from(b).toString("latin1");
 // ---------------------------------------------------------------------------------------------------------------
 // Audit logs
 
-const AUDIT_KEYS = ["seq", "time", "event", "node", "prev", "hash", "count", "head", "sig", "signer", "kid", "final", "reason", "hmacKeyId", "tags", "payloadDigest", "tornBytes", "tornDigest"];
+const AUDIT_KEYS = [
+  "seq", "time", "event", "node", "prev", "hash", "count", "head", "sig", "signer", "kid", "final", "reason", "hmacKeyId", "tags", "payloadDigest", "tornBytes", "tornDigest",
+  // session-mode and aggregated-refusal records
+  "stream", "firstSeq", "lastSeq", "prevHead", "signature", "recipientKid", "source", "windowMs",
+];
 
 export async function auditSamples(rng: Rng, signer: Identity): Promise<string[][]> {
   const logs: string[][] = [];
@@ -59,6 +63,31 @@ export async function auditSamples(rng: Rng, signer: Identity): Promise<string[]
       }
       await log.close();
     }
+    logs.push(sink.lines());
+  }
+  // One more log with session-mode and aggregated-refusal records (well-formed shapes; the signature bytes are
+  // random, which the log does not check: verifySessionCheckpointRecord does).
+  {
+    let t = FIXED_NOW;
+    const sink = memorySink();
+    const log = await AuditLog.open(sink, { signer, checkpointEvery: 3, hmacKey: fixedSecret("audit-hmac"), now: () => new Date((t += 1000)) });
+    const stream = toHex(rng.bytes(16));
+    const kids = { kid: toHex(rng.bytes(8)), recipientKid: toHex(rng.bytes(8)) };
+    await log.append({ event: "session_opened", stream, from: "alice", to: "bob", ...kids });
+    let first = 0;
+    for (let i = 0; i < 4; i++) {
+      const last = first + rng.int(300);
+      await log.append({
+        event: "session_checkpoint", stream, from: "alice", to: "bob", ...kids, firstSeq: first, lastSeq: last,
+        prevHead: toHex(rng.bytes(32)), head: toHex(rng.bytes(32)), signature: Buffer.from(rng.bytes(64)).toString("base64url"), final: i === 3,
+      });
+      first = last + 1;
+    }
+    await log.append({ event: "session_gap", stream, from: "alice", firstSeq: 3, lastSeq: 9 });
+    await log.append({ event: "session_closed", stream, from: "alice", reason: "final", count: rng.int(5) });
+    await log.append({ event: "refused_connections", reason: "ws_rate_limited", source: "127.0.2.7", count: 1 + rng.int(1000), windowMs: 10_000 });
+    await log.append({ event: "refused_connections", reason: "noise_handshake_evicted", source: "*", count: 1 + rng.int(1000), windowMs: 10_000 });
+    await log.close();
     logs.push(sink.lines());
   }
   return logs;
