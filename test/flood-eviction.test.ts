@@ -371,14 +371,16 @@ describe("WebSocket listener: a connection rate per address, refused at accept",
     const l = await t.listen("ws://127.0.0.1:0");
     acceptAll(l);
     const port = portOf(l.addr);
+    const t0 = performance.now();
     const socks = await Promise.all(Array.from({ length: 30 }, () => connectFrom(port, "127.0.8.1")));
-    await eventually(() => refusals.filter((r) => r.reason === "ws_rate_limited").length >= 19, "rate-limited refusals");
-    const limited = refusals.filter((r) => r.reason === "ws_rate_limited");
-    // 10 tokens at first, plus at most one refilled while 30 sockets connect.
-    expect(limited.length).toBeGreaterThanOrEqual(19);
-    expect(limited.length).toBeLessThanOrEqual(20);
-    expect(new Set(limited.map((r) => r.source))).toEqual(new Set(["127.0.8.1"]));
+    const connectS = (performance.now() - t0) / 1000;
     const closedAtOnce = await Promise.all(socks.map((s) => Promise.race([closedSocket(s).then(() => 1), new Promise<number>((r) => setTimeout(() => r(0), 300))])));
+    const limited = refusals.filter((r) => r.reason === "ws_rate_limited");
+    // 10 tokens at first, plus what refilled (5/s) while the 30 sockets connected.
+    expect(limited.length).toBeLessThanOrEqual(20);
+    expect(limited.length).toBeGreaterThanOrEqual(20 - Math.ceil(connectS * 5));
+    expect(new Set(limited.map((r) => r.source))).toEqual(new Set(["127.0.8.1"]));
+    // Exactly the refused ones were closed (at accept); the admitted ones stay open.
     expect(closedAtOnce.reduce((a, b) => a + b, 0)).toBe(limited.length);
     // Another address is not affected, and a dialler bound to it (localAddress) gets in.
     const other = webSocket({ localAddress: "127.0.8.2" });
