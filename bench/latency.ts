@@ -1,8 +1,8 @@
 /**
  * Request/reply round-trip latency at 1 KiB, p50 and p99, between two agents talking directly (no hub):
  * `alice.request("bob", 1 KiB)` one at a time, bob answering `msg.reply(msg.data)`. Everything is in: the
- * default policy on both sides, signing and sealing (signed mode), the transport both ways, verification,
- * decryption, and the inbox. Over:
+ * default policy on both sides, signing and sealing, the transport both ways, verification, decryption, and the
+ * inbox — in signed mode and in session mode (a stream per direction, AEAD per message, signed checkpoints). Over:
  *
  * - `memory()` — beside a raw in-process queue ping-pong of a 1 KiB frame (see `links.ts`);
  * - `noise(webSocket())` on `ws://` loopback — beside a raw `ws` ping-pong of a 1 KiB frame.
@@ -45,6 +45,7 @@ const PAYLOAD = 1024;
 async function agentPair(
   wire: (id: Identity, trust: TrustStore) => Transport,
   listen: string | undefined,
+  mode: "signed" | "session" = "signed",
 ): Promise<RoundTripper & { close(): Promise<void> }> {
   const alice = Identity.generate("bench-alice");
   const bob = Identity.generate("bench-bob");
@@ -54,7 +55,7 @@ async function agentPair(
   const agents: Agent[] = [];
   try {
     for (const id of [alice, bob]) {
-      agents.push(await createAgent({ identity: id, trust, transport: wire(id, trust), ...(listen !== undefined ? { listen } : {}) }));
+      agents.push(await createAgent({ identity: id, trust, transport: wire(id, trust), mode, ...(listen !== undefined ? { listen } : {}) }));
     }
   } catch (e) {
     await Promise.allSettled(agents.map((a) => a.close()));
@@ -98,16 +99,16 @@ export async function benchLatency(options: LatencyBenchOptions = {}): Promise<R
   const cases: {
     name: string;
     rawName: string;
-    agents: () => ReturnType<typeof agentPair>;
+    agents: (mode: "signed" | "session") => ReturnType<typeof agentPair>;
     transport: () => Promise<Link>;
     raw: () => Promise<Link>;
   }[] = [
     {
       name: "memory()",
       rawName: "raw in-process queue ping-pong",
-      agents: () => {
+      agents: (mode) => {
         const net = memory();
-        return agentPair(() => net, undefined);
+        return agentPair(() => net, undefined, mode);
       },
       transport: () => {
         const net = memory();
@@ -118,7 +119,7 @@ export async function benchLatency(options: LatencyBenchOptions = {}): Promise<R
     {
       name: "noise(ws://)",
       rawName: "raw ws ping-pong, ws://",
-      agents: () => agentPair((id, trust) => noise({ transport: webSocket({ pingIntervalMs: 0 }), identity: id, trust }), "ws://127.0.0.1:0"),
+      agents: (mode) => agentPair((id, trust) => noise({ transport: webSocket({ pingIntervalMs: 0 }), identity: id, trust }), "ws://127.0.0.1:0", mode),
       transport: async () => {
         const ids = [Identity.generate("bench-a"), Identity.generate("bench-b")] as const;
         const trust = new TrustStore();
@@ -136,17 +137,21 @@ export async function benchLatency(options: LatencyBenchOptions = {}): Promise<R
   for (const c of cases) {
     const closers: (() => Promise<void>)[] = [];
     try {
-      const agents = await c.agents();
+      const agents = await c.agents("signed");
       closers.push(() => agents.close());
+      const sessionAgents = await c.agents("session");
+      closers.push(() => sessionAgents.close());
       const transport = await c.transport();
       closers.push(() => transport.close());
       const raw = await c.raw();
       closers.push(() => raw.close());
       const ours = `sealwire agents, ${c.name}`;
+      const oursSession = `sealwire agents in session mode, ${c.name}`;
       const frames = `sealwire ${c.name} frame echo`;
       const lat = await latencies(
         [
           [ours, agents],
+          [oursSession, sessionAgents],
           [frames, pinger(transport)],
           [c.rawName, pinger(raw)],
         ],
@@ -161,6 +166,8 @@ export async function benchLatency(options: LatencyBenchOptions = {}): Promise<R
       rows.push(
         row(G, `${c.name} request/reply 1 KiB, p50`, p50(ours), fixed(c.rawName, median(base), base), "ms", undefined, n),
         row(G, `${c.name} request/reply 1 KiB, p99`, p99(ours), fixed(c.rawName, percentile(base, 99), base), "ms", undefined, n),
+        row(G, `${c.name} request/reply 1 KiB, session mode, p50`, p50(oursSession), fixed(c.rawName, median(base), base), "ms", undefined, n),
+        row(G, `${c.name} request/reply 1 KiB, session mode, p99`, p99(oursSession), fixed(c.rawName, percentile(base, 99), base), "ms", undefined, n),
         row(G, `${c.name} transport alone, 1 KiB echo, p50`, p50(frames), fixed(c.rawName, median(base), base), "ms", undefined, n),
         row(G, `${c.name} transport alone, 1 KiB echo, p99`, p99(frames), fixed(c.rawName, percentile(base, 99), base), "ms", undefined, n),
       );

@@ -157,7 +157,7 @@ describe("npm run bench", () => {
     for (const c of transports.slice(0, 6).filter((c) => !c[1]!.startsWith("wss"))) measured(c);
 
     const latency = groups("latency");
-    expect(latency).toHaveLength(8);
+    expect(latency).toHaveLength(12);
     for (const c of latency) {
       measured(c);
       expect(c[2]).toMatch(/ ms$/);
@@ -165,6 +165,7 @@ describe("npm run bench", () => {
     }
     expect(latency.map((c) => c[1])).toContain("memory() request/reply 1 KiB, p99");
     expect(latency.map((c) => c[1])).toContain("noise(ws://) request/reply 1 KiB, p50");
+    expect(latency.map((c) => c[1])).toContain("memory() request/reply 1 KiB, session mode, p50");
   }, 120_000);
 
   it("says 'skipped' for wss and nats when openssl and nats-server are missing, and still succeeds", async () => {
