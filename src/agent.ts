@@ -469,16 +469,26 @@ export class Agent {
         ...(replyTo !== undefined ? { replyTo } : {}),
       });
       const id = sealed.header.id;
-      await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
-      const confirmed = options.waitForDelivery && hub ? this.#awaitDelivery(id, ttlMs) : undefined;
-      confirmed?.catch(() => {});
+      let confirmed: Promise<void> | undefined;
+      let audited = false;
       try {
+        // Stream control first, at once (no application data: the end of an old stream, the opener of a new one),
+        // so no continuation can overtake its opener while this one waits for its audit record.
         for (const f of sealed.preceding) conn.send(f);
+        // Fail closed: the record is written before the message leaves; if it cannot be, nothing is sent.
+        await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
+        audited = true;
+        confirmed = options.waitForDelivery && hub ? this.#awaitDelivery(id, ttlMs) : undefined;
+        confirmed?.catch(() => {});
         if (!conn.send(sealed.bytes)) await conn.drain(options.signal ? { signal: options.signal } : {});
       } catch (e) {
-        this.#deliveryWaiters.delete(id);
-        await this.#audit({ event: "denied", envelopeId: id, from: this.id, to, decision: "deny", reason: SealwireError.is(e) ? e.code : "ERR_NO_ROUTE" }).catch(() => {});
-        if (attempt === 0 && (SealwireError.is(e, "ERR_CONNECTION_CLOSED") || SealwireError.is(e, "ERR_CONNECTION_ABORTED"))) {
+        const lost = SealwireError.is(e, "ERR_CONNECTION_CLOSED") || SealwireError.is(e, "ERR_CONNECTION_ABORTED");
+        if (audited) {
+          this.#deliveryWaiters.delete(id);
+          // The `sent` record stands; this one says it did not leave.
+          await this.#audit({ event: "denied", envelopeId: id, from: this.id, to, decision: "deny", reason: SealwireError.is(e) ? e.code : "ERR_NO_ROUTE" }).catch(() => {});
+        }
+        if (attempt === 0 && lost) {
           this.#connectionLost(to, conn);
           continue;
         }
@@ -532,7 +542,12 @@ export class Agent {
         continue;
       }
       if (tx.streamId === undefined) continue;
-      this.#deliverFrame(to, () => tx.tick(), undefined).catch((e) => this.#report(e));
+      // Only over a connection that is up: a checkpoint is no reason to dial (the next message re-dials, and a
+      // re-dialled direct connection ends the stream with its final checkpoint).
+      if (this.#opts.hub !== undefined ? this.#hubReady === undefined : !this.#outbound.has(to)) continue;
+      this.#deliverFrame(to, () => tx.tick(), undefined).catch((e) => {
+        if (!SealwireError.is(e, "ERR_CONNECTION_CLOSED") && !SealwireError.is(e, "ERR_CONNECTION_ABORTED")) this.#report(e);
+      });
     }
   }
 
@@ -1042,8 +1057,10 @@ export class Agent {
       if (ack && SealwireError.is(e) && e.envelopeId) ack(e.envelopeId, { code: e.code, reason: "" });
       if (SealwireError.is(e) && STREAM_REFUSALS.has(e.code)) {
         if (!ack) this.#notifyStreamRefusal(frame, e);
-        // A stream this agent no longer holds (it restarted, or evicted it): the sender's fault only in timing.
-        return e.code === "ERR_UNKNOWN_STREAM";
+        // Through a hub, a stream this agent no longer holds (it restarted, or evicted it) is the sender's fault
+        // only in timing: not counted toward cutting the hub connection. On a direct connection it counts (a
+        // sender cut off that way re-dials, and a re-dialled connection starts a fresh stream).
+        return e.code === "ERR_UNKNOWN_STREAM" && ack !== undefined;
       }
       return false;
     }

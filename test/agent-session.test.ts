@@ -372,6 +372,50 @@ describe("session mode through the agent", () => {
     await c.close();
   });
 
+  it("concurrent sends with an audit sink that answers out of order: the opener always leads, nothing is lost", async () => {
+    const c = await crew();
+    const slow = { append: (_e: AuditEvent) => new Promise<void>((r) => setTimeout(r, Math.floor(Math.random() * 15))) };
+    const a = await c.start("alice", { mode: "session", audit: slow });
+    const b = await c.start("bob");
+    const sent = Array.from({ length: 30 }, (_, i) => i);
+    await Promise.all(sent.map((i) => a.send("bob", i)));
+    const got: number[] = [];
+    for await (const m of b.messages()) {
+      got.push(m.data as number);
+      if (got.length === sent.length) break;
+    }
+    expect([...got].sort((x, y) => x - y)).toEqual(sent);
+    expect(c.errors["bob"]).toEqual([]);
+    expect(c.errors["alice"]).toEqual([]);
+    await c.close();
+  });
+
+  it("fails closed when the audit sink fails: send rejects and nothing is delivered; the stream carries on afterwards", async () => {
+    const c = await crew();
+    let fail = true;
+    const sinkA = { append: async (_e: AuditEvent) => void (fail ? (() => { throw new SealwireError("ERR_AUDIT_IO", "disk full") })() : undefined) };
+    const a = await c.start("alice", { mode: "session", audit: sinkA });
+    const b = await c.start("bob");
+    expect(await codeOf(a.send("bob", "unaudited"))).toBe("ERR_AUDIT_IO");
+    expect(await next(b, 150)).toBe("none");
+    fail = false;
+    await a.send("bob", "audited");
+    expect(((await next(b)) as ReceivedMessage).data).toBe("audited");
+    await c.close();
+  });
+
+  it("an idle stream to a peer that went away: checkpoint ticks do not dial it or report errors", async () => {
+    const c = await crew();
+    const a = await c.start("alice", { mode: "session", session: { checkpointIntervalMs: 20 } });
+    const b = await c.start("bob");
+    await a.send("bob", "x");
+    await next(b);
+    await b.close();
+    await new Promise((r) => setTimeout(r, 250));
+    expect(c.errors["alice"]!.map((e) => e.code)).toEqual([]);
+    await c.close();
+  });
+
   it("rotate(): streams signed by the old key end; new ones open with the new key", async () => {
     const c = await crew();
     const a = await c.start("alice", { mode: "session" });
