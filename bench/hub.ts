@@ -8,6 +8,8 @@
  *   the hub, the hub's checks (sender, signature, expiry, replay, relay policy) and routing, the Noise channel to
  *   bob, bob's verification, decryption, deliver-side policy, and bob's acknowledgement back to the hub.
  *   The same with `waitForDelivery: true` (the batch ends when every send resolved: confirmed by bob via the hub).
+ *   And in session mode (agents with `mode: "session"`: one stream each way, the hub routing continuations it
+ *   cannot verify by their sender's connection), beside the raw relay and beside signed mode.
  * - **round-trip latency p50/p99, request/reply**: `alice.request("bob", 1 KiB)` one at a time, bob answers with
  *   the same 1 KiB (`msg.reply`); each sample is one round trip (four hops through the hub).
  *
@@ -64,8 +66,8 @@ interface Side {
   close(): Promise<void>;
 }
 
-/** A hub and two agents over `noise(webSocket())` on loopback. */
-async function hubSide(): Promise<Side & { confirmedBurst(n: number): Promise<void> }> {
+/** A hub and two agents over `noise(webSocket())` on loopback, sending in `mode`. */
+async function hubSide(mode: "signed" | "session" = "signed"): Promise<Side & { confirmedBurst(n: number): Promise<void> }> {
   const trust = new TrustStore();
   const ids: Record<string, Identity> = {};
   for (const id of ["hub", "alice", "bob"]) {
@@ -74,7 +76,7 @@ async function hubSide(): Promise<Side & { confirmedBurst(n: number): Promise<vo
   }
   const wire = (id: string) => noise({ transport: webSocket({ pingIntervalMs: 0 }), identity: ids[id]!, trust });
   const hub: Hub = await createHub({ identity: ids["hub"]!, trust, transport: wire("hub"), listen: "ws://127.0.0.1:0" });
-  const agent = (id: string): Promise<Agent> => createAgent({ identity: ids[id]!, trust, transport: wire(id), hub: hub.address!, hubPeer: "hub" });
+  const agent = (id: string): Promise<Agent> => createAgent({ identity: ids[id]!, trust, transport: wire(id), hub: hub.address!, hubPeer: "hub", mode });
   const alice = await agent("alice");
   const bob = await agent("bob");
   const received = new Counter();
@@ -193,6 +195,7 @@ export async function benchHub(options: HubBenchOptions = {}): Promise<Row[]> {
   const G = "hub";
   const tls = makeCert();
   const hub = await hubSide();
+  const hubSession = await hubSide("session");
   const direct = await rawSide(undefined, false);
   const relay = await rawSide(undefined, true);
   const secure = tls ? await rawSide(tls, false) : undefined;
@@ -212,6 +215,10 @@ export async function benchHub(options: HubBenchOptions = {}): Promise<Row[]> {
       { batch: 1, samples, warmup: 1 },
     );
     rows.push(row(G, "… with waitForDelivery (confirmed by bob via the hub)", scale(h4, batch), scale(r4, batch), "msgs/s"));
+    const [h5, r5] = await measurePair(["sealwire hub, session mode", () => hubSession.burst(batch)], ["raw ws relay (2 hops)", () => relay.burst(batch)], { batch: 1, samples, warmup: 1 });
+    rows.push(row(G, "… in session mode (streams, AEAD per message)", scale(h5, batch), scale(r5, batch), "msgs/s"));
+    const [h6, r6] = await measurePair(["sealwire hub, session mode", () => hubSession.burst(batch)], ["sealwire hub, signed mode", () => hub.burst(batch)], { batch: 1, samples, warmup: 1 });
+    rows.push(row(G, "agent→agent via hub, session mode vs signed mode", scale(h6, batch), scale(r6, batch), "msgs/s"));
 
     const sides: [string, Side][] = [
       ["sealwire hub request/reply", hub],
@@ -228,6 +235,7 @@ export async function benchHub(options: HubBenchOptions = {}): Promise<Row[]> {
     }
   } finally {
     await hub.close();
+    await hubSession.close();
     await direct.close();
     await relay.close();
     await secure?.close();
