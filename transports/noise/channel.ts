@@ -48,10 +48,13 @@
  * opened with: when that key is rotated out, the channel is aborted with `ERR_KEY_RETIRED` at the end of the
  * key's overlap window (a past-window key is refused at the handshake with the same code), and at once when that
  * key alone is revoked (`trust.onKeyRetired`); `identity.onClose` aborts every connection
- * (`ERR_CLOSED`) and closes every listener. With an `audit` sink, each handshake is recorded (`handshake` before
- * the connection is handed out, and a failure to record refuses the connection; `handshake_failed` with the
- * error code otherwise — except, on a listener that also has `onRefusal`, failures before the peer was
- * identified: those are counted there, to be audited in aggregate). Records carry ids, key ids and codes only.
+ * (`ERR_CLOSED`) and closes every listener. When our own key is rotated, `transport.useIdentity(next)` (called by
+ * `agent.rotate()`) makes new handshakes use the new key while listeners stay open; channels opened under the old
+ * key end with `ERR_KEY_RETIRED` when the old identity closes ({@link NoiseTransport.useIdentity}).
+ * With an `audit` sink, each handshake is recorded (`handshake` before the connection is handed out, and a
+ * failure to record refuses the connection; `handshake_failed` with the error code otherwise — except, on a
+ * listener that also has `onRefusal`, failures before the peer was identified: those are counted there, to be
+ * audited in aggregate). Records carry ids, key ids and codes only.
  *
  * **Bounds.** A handshake must finish within `handshakeTimeoutMs`; a listener runs at most `maxHandshakes` at
  * once, and at most `maxHandshakesPerSource` from one remote address (the IP address in the inner connection's
@@ -78,6 +81,9 @@
  * // or directly:
  * const conn = await transport.dial("mem://bob", { remotePeer: "bob" }); // IK, bob's key pinned
  * conn.remotePeer; // "bob", verified
+ * // after a rotation of alice's keys (agent.rotate() does this for its transport):
+ * const { identity: alice2, statement } = rotateIdentity(alice); // announce `statement` to the peers first
+ * transport.useIdentity(alice2); // new handshakes use alice2; old channels end when `alice` closes
  * ```
  */
 import { concatBytes, equalBytes, utf8 } from "../../src/_bytes.js";
@@ -542,12 +548,19 @@ interface Resource {
   peer: string | undefined;
   /** The id of the remote key it was authenticated with, once known (revoking that key alone ends it). */
   kid: string | undefined;
+  /**
+   * The local identity whose static key a handshake or connection uses (closing it after `useIdentity` replaced
+   * it ends just these); undefined for listeners, which follow the transport's current identity.
+   */
+  local?: Identity | undefined;
   kill(err: SealwireError): void;
 }
 
 /** What connections, listeners and handshakes share with their transport. */
 interface Env {
   readonly cfg: Config;
+  /** The identity new handshakes use (`cfg.identity` until `useIdentity` replaces it). */
+  identity(): Identity;
   track(r: Resource): void;
   untrack(r: Resource): void;
 }
@@ -583,9 +596,12 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
   let quiet = false; // ended by its owner (caller's signal, listener close, identity close): nothing to audit
   let conn: NoiseConnection | undefined;
   let hs: HandshakeState | undefined;
+  // The whole handshake uses the identity current when it starts, even if useIdentity replaces it meanwhile.
+  const identity = env.identity();
   const res: Resource = {
     peer: role.initiator ? role.expected?.id : undefined,
     kid: undefined,
+    local: identity,
     kill: (err) => {
       if (stop !== undefined) return;
       stop = err;
@@ -625,7 +641,7 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
 
   let pattern: PatternName | undefined = role.initiator ? role.pattern : undefined;
   try {
-    const s = cfg.identity.sealingKey(); // throws ERR_CLOSED once the identity is closed
+    const s = identity.sealingKey(); // throws ERR_CLOSED once the identity is closed
     let verified: VerifiedPeer;
     if (role.initiator) {
       const p = role.pattern;
@@ -635,7 +651,7 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
         prologue: cfg.prologue[p],
         s,
         rs: p === "IK" ? role.expected!.sealPublicKey : undefined,
-        provider: cfg.identity.provider,
+        provider: identity.provider,
       });
       const m1 = hs.writeMessage(EMPTY); // XX: -> e      IK: -> e, es, s, ss
       const first = new Uint8Array(1 + m1.length);
@@ -663,7 +679,7 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
         initiator: false,
         prologue: cfg.prologue[pattern],
         s,
-        provider: cfg.identity.provider,
+        provider: identity.provider,
       });
       expectEmpty(hs.readMessage(m1.subarray(1))); // XX: -> e      IK: -> e, es, s, ss
       if (pattern === "XX") {
@@ -686,7 +702,7 @@ async function secure(env: Env, raw: Connection, role: InitiatorRole | Responder
     hs.destroy();
     hs = undefined;
     const peerId = verified.entry.id;
-    conn = new NoiseConnection(env, raw, it, send, receive, verified);
+    conn = new NoiseConnection(env, raw, it, send, receive, verified, identity);
     if (stop !== undefined) throw stop; // ended (e.g. revoked) between the last read and now
     if (verified.retiresAt !== undefined) conn.retireAt(verified.retiresAt);
 
@@ -821,6 +837,7 @@ class NoiseConnection implements Connection {
     tx: CipherState,
     rx: CipherState,
     verified: VerifiedPeer,
+    local: Identity,
   ) {
     const peer = verified.entry.id;
     this.#env = env;
@@ -837,7 +854,7 @@ class NoiseConnection implements Connection {
     this.#chunkBytes = Math.max(MIN_MORE_CHUNK_BYTES, messageBytes - TAG_BYTES - HEADER_BYTES);
     this.#maxQueuedBytes = 2 * this.maxFrameBytes + 64 * KiB;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
-    this.#resource = { peer, kid: verified.kid, kill: (err) => this.abort(err) };
+    this.#resource = { peer, kid: verified.kid, local, kill: (err) => this.abort(err) };
     env.track(this.#resource);
     inner.closed.then(
       (e) => this.#innerEnded(e),
@@ -1631,7 +1648,37 @@ class NoiseListener implements Listener {
 // ---------------------------------------------------------------------------------------------------------------
 // Transport
 
-class NoiseTransport implements Transport {
+/**
+ * The Transport {@link noise} returns: a {@link Transport}, plus {@link NoiseTransport.useIdentity} to follow a key
+ * rotation without re-creating it.
+ */
+export interface NoiseTransport extends Transport {
+  /**
+   * Switches this transport to `next`, the agent's rotated identity (`rotateIdentity`, `agent.rotate()`): the same
+   * agent id, a new key pair and kid. Call it once peers can trust the new key (after the rotation statement was
+   * announced); `agent.rotate()` does it for the transport it was given.
+   *
+   * - Every handshake that starts after the call (a `dial`'s handshake, or an inbound wire a listener receives)
+   *   uses `next`'s static key and provider. Open listeners keep listening: they are not closed or re-opened.
+   * - Handshakes already in flight finish with the identity they started with (a dial whose inner connection was
+   *   still being set up when the call came starts its handshake after it, so it uses `next`).
+   * - Connections established under the previous identity stay open until that identity closes (`agent.rotate()`
+   *   closes it at the end of its overlap window). Then those connections, and handshakes still running under
+   *   it, are aborted with `ERR_KEY_RETIRED` ("reconnect": a `send` then throws `ERR_CONNECTION_CLOSED`, and an
+   *   agent re-dials under the new key); listeners and connections established under `next` are not touched.
+   * - `next` takes over the identity-close watch: closing `next` aborts every connection (`ERR_CLOSED`) and closes
+   *   every listener, as closing the original identity did.
+   * - It can be called again for a later rotation; each previous identity ends only what was established under
+   *   it. Passing the current identity again does nothing.
+   *
+   * @throws SealwireError `ERR_INVALID_ARGUMENT` unless `next` is an open {@link Identity} of the same agent id;
+   * `ERR_CLOSED` if the transport's current identity was already closed (its channels and listeners are gone:
+   * create a new noise() transport).
+   */
+  useIdentity(next: Identity): void;
+}
+
+class NoiseTransportImpl implements NoiseTransport {
   readonly [transportSymbol] = true as const;
   readonly kind: string;
   readonly maxFrameBytes: number;
@@ -1641,14 +1688,51 @@ class NoiseTransport implements Transport {
   readonly #env: Env;
   readonly #resources = new Set<Resource>();
   #subscriptions: (() => void)[] = [];
+  /** The identity new handshakes use: `cfg.identity`, until {@link useIdentity}. */
+  #identity: Identity;
+  /** The current identity's close watch (set while something is open, like `#subscriptions`). */
+  #unwatchIdentity: (() => void) | undefined;
+  /** Identities replaced by useIdentity that still have handshakes or connections: their close watches. */
+  readonly #previous = new Map<Identity, () => void>();
 
   constructor(cfg: Config) {
     this.#cfg = cfg;
+    this.#identity = cfg.identity;
     this.kind = `noise+${cfg.inner.kind}`;
     this.maxFrameBytes = cfg.maxFrameBytes;
     const inner = cfg.inner;
     if (typeof inner.addressFor === "function") this.addressFor = (agentId: string) => inner.addressFor!(agentId);
-    this.#env = { cfg, track: (r) => this.#track(r), untrack: (r) => this.#untrack(r) };
+    this.#env = { cfg, identity: () => this.#identity, track: (r) => this.#track(r), untrack: (r) => this.#untrack(r) };
+  }
+
+  useIdentity(next: Identity): void {
+    if (!(next instanceof Identity)) throw invalid("useIdentity(next): next must be an Identity (rotateIdentity)");
+    const current = this.#identity;
+    if (next.id !== current.id) {
+      throw invalid(`useIdentity(next): next must be an identity of agent "${current.id}" (a rotated key), not of another agent`);
+    }
+    let closed: boolean;
+    try {
+      closed = next.closed;
+    } catch {
+      closed = true; // not a real Identity (e.g. a Proxy of one): its keys are out of reach
+    }
+    if (closed) throw invalid("useIdentity(next): next was closed; pass the open identity rotateIdentity returned");
+    this.#assertAlive();
+    if (next === current) return;
+    this.#identity = next;
+    // A previous identity made current again is watched as the current one only.
+    this.#previous.get(next)?.();
+    this.#previous.delete(next);
+    if (this.#resources.size === 0) return; // nothing to watch; #track subscribes to `next` when needed
+    this.#unwatchIdentity?.();
+    this.#unwatchIdentity = next.onClose(() => this.#identityClosed());
+    for (const r of this.#resources) {
+      if (r.local === current) {
+        this.#watchPrevious(current);
+        break;
+      }
+    }
   }
 
   async listen(addr: string, options?: ListenOptions): Promise<Listener> {
@@ -1656,7 +1740,7 @@ class NoiseTransport implements Transport {
     if (signal?.aborted) throw abortError(signal, "listen()");
     this.#assertAlive();
     const inner = await this.#cfg.inner.listen(addr, { ...(signal ? { signal } : {}), channelSecured: true });
-    if (this.#cfg.identity.closed) {
+    if (this.#identity.closed) {
       await inner.close();
       this.#assertAlive();
     }
@@ -1691,12 +1775,12 @@ class NoiseTransport implements Transport {
   }
 
   [Symbol.for("nodejs.util.inspect.custom")](): string {
-    return `NoiseTransport(${this.kind}, ${this.#cfg.identity.id})`;
+    return `NoiseTransport(${this.kind}, ${this.#identity.id})`;
   }
 
   #assertAlive(): void {
-    if (this.#cfg.identity.closed) {
-      throw sealwireError("ERR_CLOSED", `identity "${this.#cfg.identity.id}" was closed; create a new noise() transport`);
+    if (this.#identity.closed) {
+      throw sealwireError("ERR_CLOSED", `identity "${this.#identity.id}" was closed; create a new noise() transport`);
     }
   }
 
@@ -1704,20 +1788,49 @@ class NoiseTransport implements Transport {
   // no longer used holds no references from the TrustStore or the Identity.
   #track(r: Resource): void {
     if (this.#resources.size === 0) {
-      const { trust, identity } = this.#cfg;
+      const trust = this.#cfg.trust;
       this.#subscriptions = [
         trust.onRevoke((entry) => this.#revoked(entry.id)),
         trust.onKeyRetired((id, kid) => this.#keyRetired(id, kid)),
-        identity.onClose(() => this.#identityClosed()),
       ];
+      this.#unwatchIdentity = this.#identity.onClose(() => this.#identityClosed());
     }
     this.#resources.add(r);
+    // A connection whose handshake began before a useIdentity call is bound to the identity it began with.
+    if (r.local !== undefined && r.local !== this.#identity) this.#watchPrevious(r.local);
   }
 
   #untrack(r: Resource): void {
     if (this.#resources.delete(r) && this.#resources.size === 0) {
       for (const unsubscribe of this.#subscriptions.splice(0)) unsubscribe();
+      this.#unwatchIdentity?.();
+      this.#unwatchIdentity = undefined;
+      for (const unsubscribe of this.#previous.values()) unsubscribe();
+      this.#previous.clear();
     }
+  }
+
+  /** Watches a replaced identity: its close ends what was established under it (once; idempotent). */
+  #watchPrevious(previous: Identity): void {
+    if (this.#previous.has(previous)) return;
+    if (previous.closed) {
+      // Closed already (its onClose will not fire again): end at once what is bound to it.
+      queueMicrotask(() => this.#previousClosed(previous));
+      return;
+    }
+    this.#previous.set(previous, previous.onClose(() => this.#previousClosed(previous)));
+  }
+
+  /** A replaced identity closed: end its handshakes and connections; listeners and newer connections stay. */
+  #previousClosed(previous: Identity): void {
+    this.#previous.get(previous)?.();
+    this.#previous.delete(previous);
+    if (previous === this.#identity) return; // made current again meanwhile: #identityClosed handles it
+    const err = sealwireError(
+      "ERR_KEY_RETIRED",
+      `the key of "${previous.id}" (kid ${previous.kid}) this secure channel was opened with was rotated out and closed; reconnect`,
+    );
+    for (const r of [...this.#resources]) if (r.local === previous) r.kill(err);
   }
 
   #revoked(peer: string): void {
@@ -1738,7 +1851,7 @@ class NoiseTransport implements Transport {
   }
 
   #identityClosed(): void {
-    const err = sealwireError("ERR_CLOSED", `identity "${this.#cfg.identity.id}" was closed; its secure channels were closed`);
+    const err = sealwireError("ERR_CLOSED", `identity "${this.#identity.id}" was closed; its secure channels were closed`);
     for (const r of [...this.#resources]) r.kill(err);
   }
 }
@@ -1749,6 +1862,6 @@ class NoiseTransport implements Transport {
  * @throws SealwireError `ERR_INVALID_ARGUMENT` for a missing or malformed option (unknown keys included),
  * `ERR_CLOSED` for a closed identity.
  */
-export function noise(init: NoiseInit): Transport {
-  return new NoiseTransport(resolveConfig(init));
+export function noise(init: NoiseInit): NoiseTransport {
+  return new NoiseTransportImpl(resolveConfig(init));
 }

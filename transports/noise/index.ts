@@ -5,7 +5,8 @@
  *
  * - {@link noise}: `noise({ transport, identity, trust })` wraps any Transport in mutually authenticated,
  *   encrypted, forward-secret channels (IK when the dialer names `remotePeer`, XX for first contact); see
- *   `channel.ts` for the wire format, the trust checks, rekeying and the bounds.
+ *   `channel.ts` for the wire format, the trust checks, rekeying and the bounds. It returns a
+ *   {@link NoiseTransport}, whose `useIdentity(next)` follows a rotation of the local key.
  *
  * The low-level API:
  * - {@link HandshakeState}: `initialize`, `writeMessage`, `readMessage`, `isComplete`, `split`,
@@ -40,4 +41,5 @@ export {
   type NoiseAuditEvent,
   type NoiseAuditSink,
   type NoiseInit,
+  type NoiseTransport,
 } from "./channel.js";
