@@ -775,8 +775,10 @@ export class Agent {
    * Rotates this agent's keys: a new key pair and kid, a statement signed by the old and the new key, applied to
    * this agent's trust store and announced to its peers (through the hub in hub mode, else to every trusted peer).
    * Envelopes sealed to the old key are still opened for `overlapMs`; then the old identity is closed (wiped).
-   * Transports bound to the old identity (a `noise()` wrapper) must be re-created by the caller for new
-   * connections. Returns the new identity and the statement.
+   * A transport with `useIdentity` (a `noise()` transport, or a wrapper that forwards it) is switched to the new
+   * identity: new handshakes use the new key, and channels opened with the old one end when it closes. Other
+   * transports bound to the old identity must be re-created by the caller. Returns the new identity and the
+   * statement.
    */
   async rotate(options: { overlapMs?: number } = {}): Promise<{ identity: Identity; statement: Uint8Array }> {
     this.#alive();
@@ -790,6 +792,13 @@ export class Agent {
     if (this.#trust.get(this.id)) this.#trust.applyStatement(statement, { overlapMs, now });
     this.#receiver.rotateTo(next, now + overlapMs);
     this.#identity = next;
+    // A noise() transport (or a wrapper that forwards useIdentity) follows the rotation: new handshakes use `next`;
+    // only channels opened under `old` end (ERR_KEY_RETIRED) when `old` closes below, not the listener.
+    try {
+      (this.#transport as { useIdentity?: (i: Identity) => void }).useIdentity?.(next);
+    } catch (e) {
+      this.#report(e); // the rotation stands (already announced); do not leave it half done
+    }
     // Streams signed by the old key end now (their final checkpoints still verify); new ones open with the new key.
     void this.#endStreams();
     this.#selfEntry = undefined;

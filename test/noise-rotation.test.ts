@@ -5,7 +5,7 @@
  * identity closes, then only they end (`ERR_KEY_RETIRED`) while listeners and new-key channels stay; a handshake
  * in flight at the call finishes with the old key; a later rotation works the same; hostile arguments (another
  * agent's identity, a closed identity, look-alikes) are refused; an identity the peers never learnt of fails
- * closed; inspection stays redacted; and two agents keep talking across `agent.rotate()` plus `useIdentity`.
+ * closed; inspection stays redacted; and two agents keep talking across `agent.rotate()`, which calls `useIdentity`.
  *
  * @module
  * @example
@@ -459,7 +459,7 @@ describe("noise(): useIdentity after a rotation of the local key", () => {
 });
 
 describe("noise(): agents across agent.rotate()", () => {
-  it("with useIdentity after agent.rotate(), two agents keep talking before and after the old identity closes", async () => {
+  it("agent.rotate() switches its noise() transport (useIdentity): two agents keep talking before and after the old identity closes", async () => {
     const net = memory();
     const alice = await identityOf("alice");
     const bob = await identityOf("bob");
@@ -486,7 +486,7 @@ describe("noise(): agents across agent.rotate()", () => {
 
     const { identity: alice2 } = await a.rotate({ overlapMs: 300 });
     cleanups.push(() => alice2.close());
-    ta.useIdentity(alice2); // what agent.rotate() is to do itself (a no-op here once it does)
+    // agent.rotate() called ta.useIdentity(alice2) itself: the transport's new handshakes use the new key.
     await eventually(() => bobTrust.get("alice")?.identity.kid === alice2.kid, "bob to apply the rotation");
     expect((await a.request("bob", "in the overlap", { timeoutMs: 5000 })).data).toEqual({ echo: "in the overlap" });
     await eventually(() => alice.closed, "the old identity to close at the end of the overlap", 3000);
