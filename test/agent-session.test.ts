@@ -4,9 +4,10 @@
  * checkpoint timer and its audit records, per-call mode, and the hub relaying continuations.
  */
 import { describe, expect, it } from "vitest";
+import { nextMessage, until, world } from "./_agents.js";
 import { AuditLog, memorySink, verifyAuditLog, verifySessionCheckpointRecord, type AuditEvent, type AuditRecord } from "../src/audit.js";
 import { decodeEnvelope, encodePayload, sealEnvelope } from "../src/envelope.js";
-import { createHub, type HubOptions } from "../src/hub.js";
+import type { HubOptions } from "../src/hub.js";
 import { createAgent, generateIdentity, SealwireError, TrustStore, type Agent, type Identity, type ReceivedMessage } from "../src/index.js";
 import { piiClearance, type PolicyContext } from "../src/policy.js";
 import { decodeSessionEnvelope, isSessionFrame } from "../src/session.js";
@@ -23,18 +24,7 @@ const codeOf = async (p: Promise<unknown>) =>
     (e) => (SealwireError.is(e) ? e.code : `non-coded: ${String(e)}`),
   );
 
-async function until(cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
-  expect(cond()).toBe(true);
-}
-
-async function next(agent: Agent, timeoutMs = 1000): Promise<ReceivedMessage | "none"> {
-  const it = agent.messages();
-  const r = await Promise.race([it.next(), new Promise<"none">((res) => setTimeout(() => res("none"), timeoutMs))]);
-  await it.return?.();
-  return r === "none" ? r : r.value!;
-}
+const next = nextMessage;
 
 /** A capturing audit sink (AuditLog's validation is tested in audit.test.ts; here: which events, with what). */
 function sink() {
@@ -445,26 +435,7 @@ describe("session mode through the agent", () => {
 });
 
 describe("session mode through the hub", () => {
-  async function hubWorld(hubOpts: Partial<HubOptions> = {}) {
-    const net = memory();
-    const trust = new TrustStore();
-    const ids: Record<string, Identity> = {};
-    for (const id of ["hub", "alice", "bob", "carol"]) {
-      ids[id] = await generateIdentity(id);
-      trust.add(ids[id]!.publicIdentity);
-    }
-    const hubErrors: SealwireError[] = [];
-    const hub = await createHub({ identity: ids["hub"]!, trust, transport: net, listen: "mem://hub", onError: (e) => hubErrors.push(e), ...hubOpts });
-    const errors: Record<string, SealwireError[]> = {};
-    const agents: Agent[] = [];
-    const start = async (id: string, extra: Partial<Parameters<typeof createAgent>[0]> = {}) => {
-      errors[id] ??= [];
-      const a = await createAgent({ identity: ids[id]!, trust, transport: net, hub: "mem://hub", hubPeer: "hub", reconnect: { minMs: 10, maxMs: 50 }, onError: (e) => errors[id]!.push(e), ...extra });
-      agents.push(a);
-      return a;
-    };
-    return { net, ids, hub, hubErrors, errors, start, close: async () => (await Promise.all(agents.map((a) => a.close())), await hub.close()) };
-  }
+  const hubWorld = (hubOpts: Partial<HubOptions> = {}) => world({ alice: {}, bob: {}, carol: {} }, hubOpts);
 
   it("relays continuations with delivery confirmation; request/reply; the hub refuses a continuation from the wrong connection", async () => {
     const w = await hubWorld();

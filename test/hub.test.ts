@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
+import { nextMessage, until, world } from "./_agents.js";
 import { encodeControl } from "../src/_hub-protocol.js";
-import { createHub, type HubOptions } from "../src/hub.js";
+import { createHub } from "../src/hub.js";
 import { allOf, piiClearance, rateLimit, type PolicyContext } from "../src/policy.js";
-import { createAgent, generateIdentity, SealwireError, TrustStore, type Agent, type Identity, type ReceivedMessage } from "../src/index.js";
-import { memory } from "../transports/memory.js";
+import { createAgent, generateIdentity, SealwireError, type ReceivedMessage } from "../src/index.js";
 
 const codeOf = async (p: Promise<unknown>) =>
   p.then(
@@ -11,52 +11,7 @@ const codeOf = async (p: Promise<unknown>) =>
     (e) => (SealwireError.is(e) ? `${e.code}${e.reason ? `:${e.reason}` : ""}` : `non-coded: ${String(e)}`),
   );
 
-async function until(cond: () => boolean, timeoutMs = 3000) {
-  const end = Date.now() + timeoutMs;
-  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
-  expect(cond()).toBe(true);
-}
-
-async function next(agent: Agent, timeoutMs = 1000): Promise<ReceivedMessage | "none"> {
-  const it = agent.messages();
-  const r = await Promise.race([it.next(), new Promise<"none">((res) => setTimeout(() => res("none"), timeoutMs))]);
-  await it.return?.();
-  return r === "none" ? r : r.value!;
-}
-
-async function world(spec: Record<string, { clearances?: string[]; roles?: string[] }> = { alice: {}, bob: {} }, hubOpts: Partial<HubOptions> = {}) {
-  const net = memory();
-  const trust = new TrustStore();
-  const ids: Record<string, Identity> = {};
-  for (const [id, o] of Object.entries({ hub: {}, ...spec })) {
-    ids[id] = await generateIdentity(id);
-    trust.add(ids[id]!.publicIdentity, o);
-  }
-  const hubErrors: SealwireError[] = [];
-  const hub = await createHub({ identity: ids["hub"]!, trust, transport: net, listen: "mem://hub", onError: (e) => hubErrors.push(e), ...hubOpts });
-  const errors: Record<string, SealwireError[]> = {};
-  const agents: Agent[] = [];
-  const start = async (id: string, extra: Partial<Parameters<typeof createAgent>[0]> = {}) => {
-    errors[id] ??= [];
-    const a = await createAgent({
-      identity: ids[id]!,
-      trust,
-      transport: net,
-      hub: "mem://hub",
-      hubPeer: "hub",
-      reconnect: { minMs: 10, maxMs: 50 },
-      onError: (e) => errors[id]!.push(e),
-      ...extra,
-    });
-    agents.push(a);
-    return a;
-  };
-  const close = async () => {
-    await Promise.all(agents.map((a) => a.close()));
-    await hub.close();
-  };
-  return { net, trust, ids, hub, hubErrors, errors, start, close };
-}
+const next = nextMessage;
 
 describe("hub", () => {
   it("relays between agents that only know the hub; request/reply; delivery confirmation", async () => {

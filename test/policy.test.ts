@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { nextMessage, until as untilHolds } from "./_agents.js";
 import { encode } from "../src/codec.js";
 import { createAttestation } from "../src/attestation.js";
 import { encodeData } from "../src/envelope.js";
@@ -48,18 +49,9 @@ const codeOf = async (p: Promise<unknown>) =>
     (e) => (SealwireError.is(e) ? `${e.code}${e.reason ? `:${e.reason}` : ""}` : `non-coded: ${String(e)}`),
   );
 
-async function next(agent: Agent, timeoutMs = 300): Promise<ReceivedMessage | "none"> {
-  const it = agent.messages();
-  const r = await Promise.race([it.next(), new Promise<"none">((res) => setTimeout(() => res("none"), timeoutMs))]);
-  await it.return?.();
-  return r === "none" ? r : r.value!;
-}
+const next = (agent: Agent, timeoutMs = 300) => nextMessage(agent, timeoutMs);
 
-async function until(cond: () => boolean, timeoutMs = 2000) {
-  const end = Date.now() + timeoutMs;
-  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
-  expect(cond()).toBe(true);
-}
+const until = (cond: () => boolean, timeoutMs = 2000) => untilHolds(cond, timeoutMs);
 
 describe("PII clearance", () => {
   it("allowed with clearance; denied at send without it (ERR_POLICY_DENIED, reason, never the data)", async () => {

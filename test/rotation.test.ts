@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { until } from "./_agents.js";
 import { createHub } from "../src/hub.js";
 import {
   createAgent,
@@ -24,12 +25,6 @@ const codeOf = (fn: () => unknown) => {
     return SealwireError.is(e) ? e.code : `non-coded: ${String(e)}`;
   }
 };
-
-async function until(cond: () => boolean, timeoutMs = 3000) {
-  const end = Date.now() + timeoutMs;
-  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
-  expect(cond()).toBe(true);
-}
 
 /** One trust store per node, as on separate machines. */
 function storeOf(pubs: PublicIdentity[], extra: Record<string, { roles?: string[]; clearances?: string[] }> = {}) {
