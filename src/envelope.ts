@@ -28,7 +28,7 @@ import { z } from "zod";
 import { concatBytes, toHex, utf8 } from "./_bytes.js";
 import { decodeStrict, encode } from "./codec.js";
 import { sealwireError } from "./errors.js";
-import { setupAuthR, setupAuthS } from "./hpke.js";
+import { setupAuthR, setupAuthS, type HpkeContext } from "./hpke.js";
 import { AGENT_ID_RE, type Identity } from "./identity.js";
 import type { ReplayGuard } from "./replay-guard.js";
 import { PII_TAG_RE, type TrustEntry, type TrustStore } from "./trust.js";
@@ -207,15 +207,34 @@ export function sealEnvelope(sender: Identity, recipient: TrustEntry, payload: U
     enc: new Uint8Array(0), // set below
   };
   if (options.replyTo !== undefined) wire.re = parseId(options.replyTo, "replyTo");
+  const sealed = sealWire(sender, recipient, wire, payload);
+  sealed.ctx.destroy();
+  return { bytes: sealed.bytes, header: toApiHeader(wire) };
+}
+
+/**
+ * @internal The v1 sealing steps for a prepared header (its `enc` is set here): HPKE auth-mode setup to the
+ * recipient, `Seal(aad = header, pt)` at sequence 0, Ed25519 over the exact header and ciphertext bytes. Returns the
+ * wire bytes, the header and ciphertext as signed, and the sender's HPKE context, which the CALLER must destroy
+ * (session mode keeps it for the stream, `sealEnvelope` destroys it at once).
+ */
+export function sealWire(
+  sender: Identity,
+  recipient: TrustEntry,
+  wire: WireHeader,
+  pt: Uint8Array,
+): { bytes: Uint8Array; headerBytes: Uint8Array; ciphertext: Uint8Array; ctx: HpkeContext } {
+  const p = sender.provider;
   const { enc, ctx } = setupAuthS(p, p.x25519Public(recipient.sealPublicKey), HPKE_INFO, sender.sealingKey());
   try {
     wire.enc = enc;
-    const header = encode(wire);
-    const ct = ctx.seal(header, payload);
-    const sig = sender.sign(signedBytes(header, ct));
-    return { bytes: encode([ENVELOPE_VERSION, header, ct, sig]), header: toApiHeader(wire) };
-  } finally {
+    const headerBytes = encode(wire);
+    const ciphertext = ctx.seal(headerBytes, pt);
+    const sig = sender.sign(signedBytes(headerBytes, ciphertext));
+    return { bytes: encode([ENVELOPE_VERSION, headerBytes, ciphertext, sig]), headerBytes, ciphertext, ctx };
+  } catch (e) {
     ctx.destroy();
+    throw e;
   }
 }
 

@@ -84,13 +84,14 @@
 import { z } from "zod";
 import { concatBytes, equalBytes, toHex, utf8 } from "./_bytes.js";
 import type { CryptoProvider } from "./_crypto.js";
-import { decodeStrict, encode } from "./codec.js";
+import { decodeStrict } from "./codec.js";
 import {
   DEFAULT_CLOCK_SKEW_MS,
   DEFAULT_TTL_MS,
   ENVELOPE_VERSION,
   EnvelopeOpener,
   HPKE_INFO,
+  sealWire,
   MAX_ENVELOPE_BYTES,
   MAX_TTL_MS,
   type EnvelopeHeader,
@@ -101,7 +102,7 @@ import {
   type WireHeader,
 } from "./envelope.js";
 import { sealwireError, SealwireError } from "./errors.js";
-import { setupAuthR, setupAuthS, type HpkeContext } from "./hpke.js";
+import { setupAuthR, type HpkeContext } from "./hpke.js";
 import { AGENT_ID_RE, type Identity } from "./identity.js";
 import { PII_TAG_RE, safeId, type TrustEntry, type TrustStore } from "./trust.js";
 
@@ -154,7 +155,6 @@ export const OPEN_TYPE = "sw.open";
 /** Largest continuation header, in bytes (as for v1 headers). */
 const MAX_HEADER_BYTES = 4096;
 
-const SIG_DOMAIN_V1 = utf8("sealwire/v1/envelope:");
 const CHAIN_DOMAIN = utf8("sealwire/v1/session-chain:");
 const CKPT_DOMAIN = utf8("sealwire/v1/session-checkpoint:");
 const TYPE_RE = /^[a-z][a-z0-9._-]{0,31}$/;
@@ -1153,7 +1153,8 @@ export class SessionSender {
     const p = this.#p;
     const me = this.#identity;
     const sid = p.randomBytes(16);
-    // The v1 header, field for field as sealEnvelope writes it (src/envelope.ts), so EnvelopeOpener accepts it.
+    // A v1 header sealed by the same steps as sealEnvelope (sealWire), so EnvelopeOpener accepts it; the HPKE
+    // context it returns is kept for the stream.
     const wire: WireHeader = {
       v: ENVELOPE_VERSION,
       id: sid,
@@ -1168,21 +1169,20 @@ export class SessionSender {
       enc: EMPTY,
     };
     if (re !== undefined) wire.re = re;
-    const { enc, ctx } = setupAuthS(p, p.x25519Public(recipient.sealPublicKey), HPKE_INFO, me.sealingKey());
     const pt = new Uint8Array(payload.length + 2);
+    pt[0] = SESSION_OPEN_KIND;
+    pt[1] = SESSION_OPEN_VERSION;
+    pt.set(payload, 2);
+    let sealed: ReturnType<typeof sealWire>;
     try {
-      wire.enc = enc;
-      const header = encode(wire);
-      pt[0] = SESSION_OPEN_KIND;
-      pt[1] = SESSION_OPEN_VERSION;
-      pt.set(payload, 2);
-      const ct = ctx.seal(header, pt); // seq 0
-      const len = new Uint8Array(4);
-      new DataView(len.buffer).setUint32(0, header.length);
-      const sig = me.sign(concatBytes(SIG_DOMAIN_V1, len, header, ct));
-      const bytes = encode([ENVELOPE_VERSION, header, ct, sig]);
+      sealed = sealWire(me, recipient, wire, pt); // seq 0
+    } finally {
+      pt.fill(0);
+    }
+    const { bytes, headerBytes, ciphertext, ctx } = sealed;
+    try {
       const s = new SendStream(ctx, sid, me.id, recipient.id, recipient.identity.kid, now, sessionChainInit(p, sid));
-      s.addDigest(0, sessionEnvelopeDigest(p, header, ct));
+      s.addDigest(0, sessionEnvelopeDigest(p, headerBytes, ciphertext));
       this.#stream = s;
       const h: SessionHeader = Object.freeze({
         id: s.sidHex,
@@ -1202,8 +1202,6 @@ export class SessionSender {
     } catch (e) {
       ctx.destroy();
       throw e;
-    } finally {
-      pt.fill(0);
     }
   }
 
