@@ -24,47 +24,9 @@ import { EnvelopeOpener, ReplayCache, sealEnvelope } from "../src/envelope.js";
 import { Identity } from "../src/identity.js";
 import { DEFAULT_CHECKPOINT_EVERY, SessionReceiver, SessionSender } from "../src/session.js";
 import { TrustStore } from "../src/trust.js";
-import { measurePair, median, row, type Result, type Row } from "./harness.js";
+import { measurePair, row, type Result, type Row } from "./harness.js";
 
 const PAYLOAD = 1024;
-
-/**
- * As `measurePair`, but each sample is timed in process CPU time (user + system, every thread of the process, so
- * GC helper threads count against the measured code) instead of wall time: on a shared, loaded box this estimates
- * what one dedicated core would do (co-tenants still slow it through the shared caches and memory bandwidth).
- * Supplementary to the wall-clock rows, and labelled as such.
- */
-function measurePairCpu(
-  a: [string, (i: number) => void],
-  b: [string, (i: number) => void],
-  opts: { batch: number; samples: number; warmup?: number },
-): [Result, Result] {
-  const sa: number[] = [];
-  const sb: number[] = [];
-  const warmup = opts.warmup ?? 2;
-  let ia = 0;
-  let ib = 0;
-  const run = (fn: (i: number) => void, start: number) => {
-    const c0 = process.cpuUsage();
-    for (let k = 0; k < opts.batch; k++) fn(start + k);
-    const c = process.cpuUsage(c0);
-    return (opts.batch / Math.max(1, c.user + c.system)) * 1e6;
-  };
-  for (let s = 0; s < warmup + opts.samples; s++) {
-    const ra = run(a[1], ia);
-    ia += opts.batch;
-    const rb = run(b[1], ib);
-    ib += opts.batch;
-    if (s >= warmup) {
-      sa.push(ra);
-      sb.push(rb);
-    }
-  }
-  return [
-    { name: a[0], median: median(sa), samples: sa },
-    { name: b[0], median: median(sb), samples: sb },
-  ];
-}
 
 /** A result whose function ran `k` operations per call. */
 function scaled(r: Result, k: number): Result {
@@ -146,7 +108,7 @@ export async function benchSession(options: { quick?: boolean } = {}): Promise<R
       { batch: batch / K, samples },
     );
     const cpu = native
-      ? measurePairCpu([`${p.name} session round trip`, sessionRoundTrip], ["bare primitives, per CPU-second", ceiling], { batch, samples })
+      ? await measurePair([`${p.name} session round trip`, sessionRoundTrip], ["bare primitives, per CPU-second", ceiling], { batch, samples, clock: "cpu" })
       : undefined;
     const loadAfter = load();
     const group = `session 1 KiB (${p.name})`;
