@@ -408,22 +408,28 @@ export class Agent {
         tags = { ...tags, pii: [...(tags.pii ?? []), ...extra] };
       }
     }
+    // The encoded plaintext is wiped once sealed, in either mode.
+    const payload = attestation === undefined ? encodePayload(data) : encodePayload(data, attestation);
     if (mode === "session" && checkPolicy) {
-      const payload = attestation === undefined ? encodePayload(data) : encodePayload(data, attestation);
       try {
         return await this.#sendSession(to, payload, dataBytes, tags, ttlMs, options, replyTo);
       } finally {
         payload.fill(0);
       }
     }
-    const sealed = sealEnvelope(this.#identity, recipient, attestation === undefined ? encodePayload(data) : encodePayload(data, attestation), {
-      id,
-      ttlMs,
-      now,
-      tags,
-      ...(options.type !== undefined ? { type: options.type } : {}),
-      ...(replyTo !== undefined ? { replyTo } : {}),
-    });
+    let sealed;
+    try {
+      sealed = sealEnvelope(this.#identity, recipient, payload, {
+        id,
+        ttlMs,
+        now,
+        tags,
+        ...(options.type !== undefined ? { type: options.type } : {}),
+        ...(replyTo !== undefined ? { replyTo } : {}),
+      });
+    } finally {
+      payload.fill(0);
+    }
     // Fail closed: the record is written before the envelope leaves; if it cannot be, nothing is sent.
     await this.#audit({ event: "sent", envelopeId: id, from: this.id, to, tags: tagList(sealed.header.tags), decision: "allow", payload: dataBytes });
     const confirmed = options.waitForDelivery && this.#opts.hub !== undefined ? this.#awaitDelivery(id, ttlMs) : undefined;
