@@ -44,6 +44,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseControl } from "../src/_hub-protocol.js";
 import { createAgent, type Agent } from "../src/agent.js";
+import { Proc } from "../examples/_processes.js";
 import { verifyAuditLog } from "../src/audit.js";
 import { SealwireError } from "../src/errors.js";
 import { Identity } from "../src/identity.js";
@@ -335,35 +336,11 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
       env: { ...process.env, SEALWIRE_PASSPHRASE: PASS },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const hubExited = new Promise<number>((r) => hubProc.on("exit", (code, sig) => r(code ?? (sig ? 128 : 1))));
     cleanups.push(() => {
       if (hubProc.exitCode === null && hubProc.signalCode === null) hubProc.kill("SIGKILL");
     });
-    const hubErrors: Record<string, number> = {};
-    const hubOut: string[] = [];
-    let hubBuf = "";
-    const onHubData = (d: Buffer) => {
-      hubBuf += d.toString();
-      let i: number;
-      while ((i = hubBuf.indexOf("\n")) >= 0) {
-        const l = hubBuf.slice(0, i);
-        hubBuf = hubBuf.slice(i + 1);
-        const refused = /^refused: (ERR_[A-Z_]+)/.exec(l);
-        if (refused) hubErrors[refused[1]!] = (hubErrors[refused[1]!] ?? 0) + 1;
-        else if (hubOut.length < 200) hubOut.push(l);
-      }
-    };
-    hubProc.stdout!.on("data", onHubData);
-    hubProc.stderr!.on("data", onHubData);
-    const url = await (async () => {
-      const end = Date.now() + 20_000;
-      for (;;) {
-        const m = hubOut.map((l) => /listening on (ws:\/\/127\.0\.0\.1:\d+)/.exec(l)).find(Boolean);
-        if (m) return m[1]!;
-        if (Date.now() > end || hubProc.exitCode !== null) throw new Error(`the hub did not start:\n${hubOut.join("\n")}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    })();
+    const hub = new Proc("hub", hubProc);
+    const url = await hub.waitFor(/listening on (ws:\/\/127\.0\.0\.1:\d+)/);
     const hubPid = hubProc.pid!;
 
     const agentErrors: string[] = [];
@@ -477,7 +454,12 @@ describe("floods and slow peers: a second process attacks the hub while a legiti
     await bob.close();
     // A graceful stop: the hub records its last window of refusals and the log's final checkpoint.
     hubProc.kill("SIGTERM");
-    expect(await hubExited).toBe(0);
+    expect(await hub.exited).toBe(0);
+    const hubErrors: Record<string, number> = {};
+    for (const l of hub.lines) {
+      const refused = /^refused: (ERR_[A-Z_]+)/.exec(l);
+      if (refused) hubErrors[refused[1]!] = (hubErrors[refused[1]!] ?? 0) + 1;
+    }
     const verified = await verifyAuditLog(auditPath, { publicKey: ids["hub"]!.signPublicKey });
     const records = readFileSync(auditPath, "utf8")
       .split("\n")
