@@ -28,6 +28,7 @@ import { TrustStore } from "../src/trust.js";
 import { noise, type NoiseInit } from "../transports/noise/index.js";
 import { webSocket, type WebSocketInit } from "../transports/websocket.js";
 import { eventually, expectCode, rejectsCode, within } from "./transport.compliance.js";
+import { clientFrame, sendUpgrade } from "./_ws.js";
 
 const KiB = 1024;
 /** How long a legitimate peer may take to get in while the caps are full (it takes a few ms on loopback). */
@@ -91,46 +92,7 @@ async function upgradeFrom(
   opts: { path?: string; version?: number } = {},
 ): Promise<{ socket: Socket; head: string }> {
   const socket = await connectFrom(port, localAddress);
-  socket.write(
-    `GET ${opts.path ?? "/"} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: ${opts.version ?? 13}\r\n\r\n`,
-  );
-  const head = await within(
-    new Promise<string>((resolve, reject) => {
-      let buf = Buffer.alloc(0);
-      const onData = (d: Buffer): void => {
-        buf = Buffer.concat([buf, d]);
-        const end = buf.indexOf("\r\n\r\n");
-        if (end >= 0) {
-          socket.removeListener("data", onData);
-          const rest = buf.subarray(end + 4);
-          if (rest.length > 0) socket.unshift(rest);
-          resolve(buf.subarray(0, end).toString("latin1"));
-        }
-      };
-      socket.on("data", onData);
-      socket.once("close", () => reject(new Error("closed before an HTTP response")));
-    }),
-    "the HTTP response",
-  );
-  return { socket, head };
-}
-
-/** One masked client frame (RFC 6455 §5.2); `declaredLength` may lie about the size. */
-function clientFrame(opcode: number, payload: Uint8Array, declaredLength = payload.length): Buffer {
-  const parts: number[] = [0x80 | opcode];
-  if (declaredLength < 126) parts.push(0x80 | declaredLength);
-  else if (declaredLength < 65536) parts.push(0x80 | 126, declaredLength >>> 8, declaredLength & 0xff);
-  else {
-    parts.push(0x80 | 127);
-    const big = BigInt(declaredLength);
-    for (let i = 7; i >= 0; i--) parts.push(Number((big >> BigInt(i * 8)) & 0xffn));
-  }
-  const key = [0x12, 0x34, 0x56, 0x78];
-  parts.push(...key);
-  const body = Buffer.from(payload);
-  for (let i = 0; i < body.length; i++) body[i]! ^= key[i & 3]!;
-  return Buffer.concat([Buffer.from(parts), body]);
+  return { socket, head: await sendUpgrade(socket, port, opts) };
 }
 
 /** Accepts every connection of `l` into an array (the application taking them at once). */
@@ -284,7 +246,7 @@ describe("WebSocket listener: evict the oldest unfinished socket, never an accep
     expect(await nextRefusal(8, "a text frame")).toEqual({ reason: "ws_malformed", source: "127.0.3.4" });
     const big = await upgradeFrom(port, "127.0.3.6");
     const c2 = (await it2.next()).value as Connection;
-    big.socket.write(clientFrame(0x2, new Uint8Array(0), 2 ** 40));
+    big.socket.write(clientFrame(0x2, new Uint8Array(0), { declaredLength: 2 ** 40 }));
     expectCode(await within(c2.closed, "the oversize frame to abort"), "ERR_FRAME_TOO_LARGE");
     expect(await nextRefusal(9, "an oversize frame")).toEqual({ reason: "ws_oversize", source: "127.0.3.6" });
     const lt = plain({ pingIntervalMs: 40, pongTimeoutMs: 80, onRefusal });

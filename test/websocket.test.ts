@@ -42,6 +42,7 @@ import {
   transportCompliance,
   within,
 } from "./transport.compliance.js";
+import { clientFrame, sendUpgrade } from "./_ws.js";
 
 const KiB = 1024;
 
@@ -176,49 +177,7 @@ function socketClosed(s: Socket): Promise<void> {
 /** Sends an HTTP upgrade request and returns the response head (and the socket, ready for frames). */
 async function rawUpgrade(port: number, opts: { path?: string; headers?: string } = {}): Promise<{ socket: Socket; head: string }> {
   const socket = await rawConnect(port);
-  socket.write(
-    `GET ${opts.path ?? "/"} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${opts.headers ?? ""}\r\n`,
-  );
-  const head = await within(
-    new Promise<string>((resolve, reject) => {
-      let buf = Buffer.alloc(0);
-      const onData = (d: Buffer): void => {
-        buf = Buffer.concat([buf, d]);
-        const end = buf.indexOf("\r\n\r\n");
-        if (end >= 0) {
-          socket.removeListener("data", onData);
-          const rest = buf.subarray(end + 4);
-          if (rest.length > 0) socket.unshift(rest);
-          resolve(buf.subarray(0, end).toString("latin1"));
-        }
-      };
-      socket.on("data", onData);
-      socket.once("close", () => reject(new Error("closed before an HTTP response")));
-    }),
-    "the HTTP response",
-  );
-  return { socket, head };
-}
-
-/** Builds one client frame (RFC 6455 §5.2), masked unless told otherwise; `declaredLength` lies about the size. */
-function clientFrame(opcode: number, payload: Uint8Array, o: { mask?: boolean; declaredLength?: number } = {}): Buffer {
-  const mask = o.mask ?? true;
-  const len = o.declaredLength ?? payload.length;
-  const parts: number[] = [0x80 | opcode];
-  const m = mask ? 0x80 : 0;
-  if (len < 126) parts.push(m | len);
-  else if (len < 65536) parts.push(m | 126, len >>> 8, len & 0xff);
-  else {
-    parts.push(m | 127);
-    const big = BigInt(len);
-    for (let i = 7; i >= 0; i--) parts.push(Number((big >> BigInt(i * 8)) & 0xffn));
-  }
-  const key = [0x12, 0x34, 0x56, 0x78];
-  if (mask) parts.push(...key);
-  const body = Buffer.from(payload);
-  if (mask) for (let i = 0; i < body.length; i++) body[i]! ^= key[i & 3]!;
-  return Buffer.concat([Buffer.from(parts), body]);
+  return { socket, head: await sendUpgrade(socket, port, opts) };
 }
 
 function closeFrame(code: number, reason = ""): Buffer {
